@@ -1,0 +1,40 @@
+"""Training stream and fixed held-out set of one task, kept disjoint."""
+from __future__ import annotations
+
+import torch
+
+from .errors import BenchError
+from .seeding import generator
+from .tasks import Task
+
+
+class TaskData:
+    """Held-out set: fixed per (task, length), the same for every mitigation and seed.
+    Training stream: seeded per (task, length, seed), so every mitigation with the same seed
+    sees the same batches; a training sequence identical to a held-out one is redrawn."""
+
+    def __init__(self, task: Task, seed: int, heldout_size: int, device="cpu"):
+        self.task = task
+        self.device = torch.device(device)
+        xh, yh = task.heldout(heldout_size)
+        self.heldout_keys = None if task.split_based else set(task.content_keys(xh).tolist())
+        self.heldout_x, self.heldout_y = xh.to(self.device), yh.to(self.device)
+        self.baseline = task.baseline(yh)
+        self.gen = generator("train", task.name, task.length, seed)
+
+    def train_batch(self, n: int):
+        x, y = self.task.sample(n, self.gen)
+        if self.heldout_keys is not None:
+            for _ in range(100):
+                clash = torch.tensor([k in self.heldout_keys for k in self.task.content_keys(x).tolist()])
+                if not clash.any():
+                    break
+                x2, y2 = self.task.sample(int(clash.sum()), self.gen)
+                x[clash], y[clash] = x2, y2
+            else:
+                raise BenchError(f"task {self.task.name!r} at length {self.task.length}: cannot draw "
+                                 "training sequences disjoint from the held-out set (too few distinct sequences)")
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def probe_batch(self, n: int):
+        return self.heldout_x[:n], self.heldout_y[:n]

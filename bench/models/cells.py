@@ -1,0 +1,267 @@
+"""Recurrences: fused PyTorch modules (nn.RNN / nn.LSTM / nn.GRU) with a cell-loop twin that
+shares their weights, and custom normalized cells (batch norm, layer norm).
+
+Every recurrence maps x (B, T, n_in) to hidden states hs (B, T, H) and offers `loop`, a
+per-step Python loop that can add a zero "probe" to each h_t (so one autograd.grad call gives
+dL/dh_t for every t), detach the state every `tbptt` steps, and record gate activations.
+The loop unbinds the sequence once: indexing xs[:, t] per step has an O(T^2) backward.
+"""
+from __future__ import annotations
+
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FAMILIES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+
+
+def _chunks(T: int, k: Optional[int]):
+    if not k or k >= T:
+        return [(0, T)]
+    return [(s, min(s + k, T)) for s in range(0, T, k)]
+
+
+class Recurrence(nn.Module):
+    family: str
+    hidden: int
+
+    def square_block(self) -> torch.Tensor:
+        """The (H, H) recurrent matrix that drives the state: W_hh for a plain RNN, the
+        candidate block (g for LSTM, n for GRU) for gated cells."""
+        W = self.w_hh
+        H = self.hidden
+        if self.family in ("lstm", "gru"):
+            return W[2 * H: 3 * H]
+        return W
+
+    # subclasses: w_hh property, forward(x, tbptt), loop(...)
+
+
+def _step(family, xp, h, c, W_hh, b_hh, gates: Optional[list]):
+    """One recurrence step; xp = W_ih x_t + b_ih (B, G*H)."""
+    if family in ("rnn_tanh", "rnn_relu"):
+        a = torch.addmm(xp, h, W_hh.t()) if b_hh is None else torch.addmm(xp + b_hh, h, W_hh.t())
+        return (torch.tanh(a) if family == "rnn_tanh" else torch.relu(a)), c
+    if family == "lstm":
+        a = torch.addmm(xp if b_hh is None else xp + b_hh, h, W_hh.t())
+        i, f, g, o = a.chunk(4, 1)
+        f = torch.sigmoid(f)
+        if gates is not None:
+            gates.append(f.mean())
+        c = f * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    # gru, PyTorch convention: h' = (1 - z) * n + z * h
+    gh = F.linear(h, W_hh, b_hh)
+    xr, xz, xn = xp.chunk(3, 1)
+    hr, hz, hn = gh.chunk(3, 1)
+    r = torch.sigmoid(xr + hr)
+    z = torch.sigmoid(xz + hz)
+    if gates is not None:
+        gates.append(z.mean())
+    n = torch.tanh(xn + r * hn)
+    return n + z * (h - n), c
+
+
+class FusedRecurrence(Recurrence):
+    """nn.RNN / nn.LSTM / nn.GRU (one layer, batch_first), built on the meta device so that
+    construction draws nothing from the global RNG; the recipe initialises it."""
+
+    def __init__(self, family: str, n_in: int, hidden: int, device="cpu"):
+        super().__init__()
+        self.family, self.hidden = family, hidden
+        if family == "lstm":
+            mod = nn.LSTM(n_in, hidden, batch_first=True, device="meta")
+        elif family == "gru":
+            mod = nn.GRU(n_in, hidden, batch_first=True, device="meta")
+        else:
+            nl = "tanh" if family == "rnn_tanh" else "relu"
+            mod = nn.RNN(n_in, hidden, nonlinearity=nl, batch_first=True, device="meta")
+        self.rnn = mod.to_empty(device=device)
+        self.rnn.flatten_parameters()
+
+    @property
+    def w_ih(self):
+        return self.rnn.weight_ih_l0
+
+    @property
+    def w_hh(self):
+        return self.rnn.weight_hh_l0
+
+    @property
+    def b_ih(self):
+        return self.rnn.bias_ih_l0
+
+    @property
+    def b_hh(self):
+        return self.rnn.bias_hh_l0
+
+    def forward(self, x, tbptt: Optional[int] = None):
+        B, T, _ = x.shape
+        if not tbptt or tbptt >= T:
+            return self.rnn(x)[0]
+        outs, state = [], None
+        for s, e in _chunks(T, tbptt):
+            if state is not None:  # truncate: no gradient crosses the chunk boundary
+                state = tuple(t.detach() for t in state) if isinstance(state, tuple) else state.detach()
+            o, state = self.rnn(x[:, s:e], state)
+            outs.append(o)
+        return torch.cat(outs, 1)
+
+    def loop(self, x, tbptt=None, probes: Optional[List[torch.Tensor]] = None, gates: Optional[list] = None):
+        """The cell-loop twin of `forward`, on the same weights."""
+        B, T, _ = x.shape
+        xs = F.linear(x, self.w_ih, self.b_ih).unbind(1)  # T x (B, G*H)
+        h = x.new_zeros(B, self.hidden)
+        c = x.new_zeros(B, self.hidden) if self.family == "lstm" else None
+        hs = []
+        for t in range(T):
+            if tbptt and t > 0 and t % tbptt == 0:
+                h = h.detach()
+                c = c.detach() if c is not None else None
+            h, c = _step(self.family, xs[t], h, c, self.w_hh, self.b_hh, gates)
+            if probes is not None:
+                h = h + probes[t]
+            hs.append(h)
+        return torch.stack(hs, 1)
+
+
+class NormRecurrence(Recurrence):
+    """Custom tanh-RNN or LSTM cell with recurrent batch norm (Cooijmans et al. 2016) or layer
+    norm (Ba et al. 2016).
+
+    bn: gates = BN(W_x x; g_x) + BN(W_h h; g_h) + b, statistics kept per time step (steps
+        beyond `max_steps` reuse the last), gains initialised to 0.1; LSTM also normalises c
+        (h = o * tanh(BN(c; g_c, b_c))).
+    ln: LSTM: gates = LN(W_x x) + LN(W_h h) + b, h = o * tanh(LN(c)); RNN: h = tanh(LN(W_x x +
+        W_h h) + b). Per-example statistics, no batch dependence.
+    """
+
+    def __init__(self, family: str, norm: str, n_in: int, hidden: int, max_steps: int, device="cpu"):
+        super().__init__()
+        assert family in ("rnn_tanh", "lstm") and norm in ("bn", "ln")
+        self.family, self.norm, self.hidden, self.max_steps = family, norm, hidden, max_steps
+        G = GATES[family] * hidden
+        e = dict(device=device)
+        self.w_ih = nn.Parameter(torch.empty(G, n_in, **e))
+        self.w_hh = nn.Parameter(torch.empty(G, hidden, **e))
+        self.bias = nn.Parameter(torch.zeros(G, **e))
+        gain0 = 0.1 if norm == "bn" else 1.0
+        self.gain_x = nn.Parameter(torch.full((G,), gain0, **e))
+        self.gain_h = nn.Parameter(torch.full((G,), gain0, **e))
+        if family == "lstm":
+            self.gain_c = nn.Parameter(torch.full((hidden,), gain0, **e))
+            self.bias_c = nn.Parameter(torch.zeros(hidden, **e))
+        self.eps = 1e-5
+        self.momentum = 0.1
+        self.update_stats = True  # False while the diagnostics probe in train mode
+        if norm == "bn":
+            for nm, d in (("x", G), ("h", G), ("c", hidden)):
+                self.register_buffer(f"rm_{nm}", torch.zeros(max_steps, d, **e))
+                self.register_buffer(f"rv_{nm}", torch.ones(max_steps, d, **e))
+
+    # batch norm with per-time-step statistics ------------------------------------------
+    def _bn_seq(self, v, which, gain, bias=None):
+        """v (B, T, D): normalise each step with its own statistics."""
+        B, T, D = v.shape
+        rm, rv = getattr(self, f"rm_{which}"), getattr(self, f"rv_{which}")
+        idx = torch.clamp(torch.arange(T, device=v.device), max=self.max_steps - 1)
+        if self.training:
+            mean, var = v.mean(0), v.var(0, unbiased=False)  # (T, D)
+            if self.update_stats:
+                self._update(rm, rv, idx, mean, v.var(0, unbiased=True) if B > 1 else var)
+        else:
+            mean, var = rm[idx], rv[idx]
+        out = (v - mean) * torch.rsqrt(var + self.eps) * gain
+        return out if bias is None else out + bias
+
+    def _bn_step(self, v, t, which, gain, bias, stats: list):
+        if self.training:
+            mean, var = v.mean(0), v.var(0, unbiased=False)
+            if self.update_stats:
+                stats.append((t, mean.detach(), v.detach().var(0, unbiased=v.shape[0] > 1)))
+        else:
+            i = min(t, self.max_steps - 1)
+            mean, var = getattr(self, f"rm_{which}")[i], getattr(self, f"rv_{which}")[i]
+        out = (v - mean) * torch.rsqrt(var + self.eps) * gain
+        return out if bias is None else out + bias
+
+    @torch.no_grad()
+    def _update(self, rm, rv, idx, mean, var):
+        m = self.momentum
+        # several steps beyond max_steps share the last slot: average them first
+        for buf, val in ((rm, mean), (rv, var)):
+            acc = torch.zeros_like(buf).index_add_(0, idx, val.detach())
+            cnt = torch.zeros(buf.shape[0], device=buf.device).index_add_(0, idx, torch.ones_like(idx, dtype=buf.dtype))
+            seen = cnt > 0
+            buf[seen] = (1 - m) * buf[seen] + m * (acc[seen] / cnt[seen, None])
+
+    @torch.no_grad()
+    def _flush(self, which, stats):
+        if not stats:
+            return
+        idx = torch.clamp(torch.tensor([s[0] for s in stats], device=stats[0][1].device), max=self.max_steps - 1)
+        self._update(getattr(self, f"rm_{which}"), getattr(self, f"rv_{which}"), idx,
+                     torch.stack([s[1] for s in stats]), torch.stack([s[2] for s in stats]))
+
+    # -----------------------------------------------------------------------------------
+    def forward(self, x, tbptt=None):
+        return self.loop(x, tbptt)
+
+    def loop(self, x, tbptt=None, probes=None, gates=None):
+        B, T, _ = x.shape
+        H, G = self.hidden, self.w_hh.shape[0]
+        xp = F.linear(x, self.w_ih)  # (B, T, G)
+        lstm = self.family == "lstm"
+        if self.norm == "bn":
+            xp = self._bn_seq(xp, "x", self.gain_x, self.bias)
+        elif lstm:
+            xp = F.layer_norm(xp, (G,), self.gain_x, None, self.eps) + self.bias
+        xs = xp.unbind(1)
+        h = x.new_zeros(B, H)
+        c = x.new_zeros(B, H) if lstm else None
+        st_h, st_c, hs = [], [], []
+        for t in range(T):
+            if tbptt and t > 0 and t % tbptt == 0:
+                h = h.detach()
+                c = c.detach() if c is not None else None
+            hp = F.linear(h, self.w_hh)  # (B, G)
+            if self.norm == "bn":
+                a = xs[t] + self._bn_step(hp, t, "h", self.gain_h, None, st_h)
+            elif lstm:
+                a = xs[t] + F.layer_norm(hp, (G,), self.gain_h, None, self.eps)
+            else:
+                a = F.layer_norm(xs[t] + hp, (G,), self.gain_h, self.bias, self.eps)
+            if lstm:
+                i, f, g, o = a.chunk(4, 1)
+                f = torch.sigmoid(f)
+                if gates is not None:
+                    gates.append(f.mean())
+                c = f * c + torch.sigmoid(i) * torch.tanh(g)
+                if self.norm == "bn":
+                    cn = self._bn_step(c, t, "c", self.gain_c, self.bias_c, st_c)
+                else:
+                    cn = F.layer_norm(c, (H,), self.gain_c, self.bias_c, self.eps)
+                h = torch.sigmoid(o) * torch.tanh(cn)
+            else:
+                h = torch.tanh(a)
+            if probes is not None:
+                h = h + probes[t]
+            hs.append(h)
+        if self.norm == "bn" and self.training and self.update_stats:
+            self._flush("h", st_h)
+            self._flush("c", st_c)
+        return torch.stack(hs, 1)
+
+
+def spectral_stats(W: torch.Tensor) -> Tuple[float, float]:
+    """(spectral radius, largest singular value) of a square matrix."""
+    W = W.detach().double().cpu()
+    rho = torch.linalg.eigvals(W).abs().max().item()
+    sigma = torch.linalg.svdvals(W).max().item()
+    return rho, sigma
+
+

@@ -1,0 +1,70 @@
+"""Where and with what a record was made."""
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    env = os.environ.get("BENCH_GIT_COMMIT")
+    if env:
+        return env
+    here = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        if commit != "unknown" and dirty.returncode == 0 and dirty.stdout.strip():
+            commit += "-dirty"
+        return commit
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> dict:
+    import numpy
+    import torch
+
+    from . import __version__
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
+            "bench": __version__}
+
+
+def provenance(device, threads) -> dict:
+    import torch
+
+    dev_name = None
+    if device is not None and getattr(device, "type", None) == "cuda":
+        dev_name = torch.cuda.get_device_name(device)
+    return {
+        "versions": versions(),
+        "device_name": dev_name or cpu_model(),
+        "cpu_model": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "threads_requested": threads,
+        "git_commit": git_commit(),
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

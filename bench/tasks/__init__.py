@@ -1,0 +1,12 @@
+"""Long-dependency tasks, registered by name (one file per task)."""
+from ..registry import Registry
+
+TASKS: Registry = Registry("task")
+
+from . import adding, copy, digits, temporal_order  # noqa: E402,F401  (register)
+from .base import Task  # noqa: E402,F401
+
+
+def make_task(name: str, length: int) -> "Task":
+    """Instantiate task `name` at `length`; a clear BenchError on a bad name or length."""
+    return TASKS.get(name)(length)

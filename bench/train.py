@@ -1,0 +1,255 @@
+"""Train one RunSpec and return its result record (see docs/RECORD.md)."""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+import traceback
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from . import diagnostics
+from .data import TaskData
+from .errors import BenchError
+from .models import build_model, parse_mitigation
+from .models.mitigations import check_for_task
+from .provenance import provenance
+from .seeding import generator
+from .spec import RunSpec
+from .tasks import make_task
+
+RECORD_VERSION = 1
+EVAL_CHUNK = 250
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BenchError("device 'cuda' requested but CUDA is not available here; valid choices: auto, cpu")
+    return torch.device(device)
+
+
+def make_optimizer(name: str, params, lr: float):
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr)
+
+
+def profile_steps(budget: int) -> List[int]:
+    """Steps at which the gradient profile is taken (besides the end): init and 1/8, 1/4, 1/2."""
+    return sorted({0} | {max(1, round(budget * f)) for f in (0.125, 0.25, 0.5)})
+
+
+@torch.no_grad()
+def evaluate(model, task, data: TaskData) -> Dict[str, float]:
+    was = model.training
+    model.eval()
+    x, y = data.heldout_x, data.heldout_y
+    loss_sum, wrong_sum = 0.0, 0.0
+    n = x.shape[0]
+    for s in range(0, n, EVAL_CHUNK):
+        out = model(x[s:s + EVAL_CHUNK])
+        m = out.shape[0]
+        loss_sum += float(task.loss(out, y[s:s + EVAL_CHUNK])) * m
+        wrong_sum += float(task.wrong(out, y[s:s + EVAL_CHUNK]).float().sum())
+    model.train(was)
+    loss = loss_sum / n
+    return {"loss": loss if math.isfinite(loss) else None, "wrong": wrong_sum / n, "accuracy": 1 - wrong_sum / n}
+
+
+def _summary(xs: List[float]) -> Dict[str, Optional[float]]:
+    fin = sorted(v for v in xs if math.isfinite(v))
+    if not fin:
+        return {"median": None, "p99": None, "max": None, "mean": None}
+    return {"median": statistics.median(fin), "p99": fin[min(len(fin) - 1, math.ceil(0.99 * len(fin)) - 1)],
+            "max": fin[-1], "mean": sum(fin) / len(fin)}
+
+
+def _ms(xs: List[float]) -> Dict[str, Optional[float]]:
+    if not xs:
+        return {"median": None, "mean": None}
+    return {"median": statistics.median(xs) * 1e3, "mean": sum(xs) / len(xs) * 1e3}
+
+
+def train(spec: RunSpec, progress: Optional[Callable[[int, Dict], None]] = None) -> Dict:
+    """Train one run; never raises for divergence (outcome 'diverged'). Bad specs raise
+    BenchError; use `run_safely` to turn any exception into an 'error' record."""
+    t_wall0 = time.perf_counter()
+    task = make_task(spec.task, spec.length)
+    mit = parse_mitigation(spec.mitigation)
+    check_for_task(mit, task.seq_len)
+    device = resolve_device(spec.device)
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
+    cuda = device.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    data = TaskData(task, spec.seed, spec.heldout_size, device)
+    g_init = generator("init", task.name, task.length, mit.recipe.name, spec.hidden, spec.seed)
+    model = build_model(mit, task.n_in, task.n_out, task.readout, spec.hidden, task.seq_len, g_init, device)
+    model.train()
+    opt_name = spec.optimizer or mit.recipe.optimizer
+    lr = spec.lr if spec.lr is not None else mit.recipe.lr
+    opt = make_optimizer(opt_name, model.parameters(), lr)
+    params = [p for p in model.parameters()]
+    clipnorm, clipvalue = mit.get("clipnorm"), mit.get("clipvalue")
+    px, py = data.probe_batch(spec.probe_size)
+
+    t_diag = 0.0
+    snapshots = []
+
+    def snap(step):
+        nonlocal t_diag
+        sync()
+        t0 = time.perf_counter()
+        try:
+            snapshots.append(diagnostics.snapshot(model, task, px, py, step))
+        finally:
+            sync()
+            t_diag += time.perf_counter() - t0
+
+    when = set(profile_steps(spec.budget))
+    snap(0)
+    init_snap = snapshots[0]
+
+    t_fwd, t_bwd, t_opt, gnorms, clipped, losses = [], [], [], [], 0, []
+    curve, t_eval = [], 0.0
+    outcome, solved_at, diverged_at, nonfinite = "unsolved", None, None, 0
+    time_to_solve = None
+    last_eval = None
+    t_train0 = time.perf_counter()
+    step = 0
+    for step in range(1, spec.budget + 1):
+        x, y = data.train_batch(spec.batch)
+        sync()
+        t0 = time.perf_counter()
+        out = model(x)
+        loss = task.loss(out, y)
+        sync()
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        lval, gval = float(loss.detach()), float(gnorm)  # host sync: divergence must end the run here
+        if not (math.isfinite(lval) and math.isfinite(gval)):
+            nonfinite += 1
+            outcome, diverged_at = "diverged", step
+            t_fwd.append(t1 - t0)
+            t_bwd.append(t2 - t1)
+            gnorms.append(gval)
+            losses.append(lval)
+            break
+        if clipnorm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, clipnorm, gnorm)
+            clipped += gval > clipnorm
+        if clipvalue is not None:
+            was = any(bool((p.grad.abs() > clipvalue).any()) for p in params if p.grad is not None)
+            torch.nn.utils.clip_grad_value_(params, clipvalue)
+            clipped += was
+        opt.step()
+        sync()
+        t3 = time.perf_counter()
+        t_fwd.append(t1 - t0)
+        t_bwd.append(t2 - t1)
+        t_opt.append(t3 - t2)
+        gnorms.append(gval)
+        losses.append(lval)
+        if step in when:
+            snap(step)
+        if step % spec.eval_every == 0 or step == spec.budget:
+            te = time.perf_counter()
+            ev = evaluate(model, task, data)
+            t_eval += time.perf_counter() - te
+            k = min(len(losses), spec.eval_every)
+            ev_row = {"step": step, "train_loss": sum(losses[-k:]) / k, "heldout_loss": ev["loss"],
+                      "heldout_wrong": ev["wrong"], "heldout_accuracy": ev["accuracy"],
+                      "wall_s": time.perf_counter() - t_wall0}
+            curve.append(ev_row)
+            last_eval = (step, ev)
+            if progress:
+                progress(step, ev_row)
+            if ev["loss"] is None:
+                outcome, diverged_at, nonfinite = "diverged", step, nonfinite + 1
+                break
+            if ev["wrong"] < task.success_max_wrong:
+                outcome, solved_at = "solved", step
+                time_to_solve = time.perf_counter() - t_wall0
+                break
+    t_train = time.perf_counter() - t_train0
+    steps_taken = step
+
+    if last_eval is None or last_eval[0] != steps_taken:
+        if outcome == "diverged":
+            final = {"loss": None, "wrong": None, "accuracy": None}
+        else:
+            te = time.perf_counter()
+            final = evaluate(model, task, data)
+            t_eval += time.perf_counter() - te
+    else:
+        final = last_eval[1]
+    if outcome != "diverged":
+        snap(steps_taken)
+    end_snap = snapshots[-1] if outcome != "diverged" else None
+
+    base = data.baseline
+    step_total = [a + b + c for a, b, c in zip(t_fwd, t_bwd, t_opt)]
+    rec = {
+        "record_version": RECORD_VERSION,
+        "spec": spec.to_dict(),
+        "mitigation": {"name": mit.name, **mit.describe()},
+        "task": task.describe(),
+        "optimizer": opt_name,
+        "lr": lr,
+        "device": str(device),
+        "outcome": outcome,
+        "error": None,
+        "steps": steps_taken,
+        "steps_to_solve": solved_at,
+        "diverged_at": diverged_at,
+        "final": {"heldout_loss": final["loss"], "heldout_wrong": final["wrong"],
+                  "heldout_accuracy": final["accuracy"], "train_loss": losses[-1] if losses else None},
+        "baseline": {"loss": base["loss"], "wrong": base["wrong"], "accuracy": 1 - base["wrong"]},
+        "curve": curve,
+        "grad_norm": {**_summary(gnorms), "trace": [float(f"{v:.4g}") for v in gnorms],
+                      "frac_clipped": (clipped / len(t_opt)) if t_opt else 0.0, "nonfinite_events": nonfinite},
+        "diagnostics": {
+            "init": init_snap,
+            "end": end_snap,
+            "snapshots": snapshots,
+        },
+        "timing": {
+            "fwd_ms": _ms(t_fwd), "bwd_ms": _ms(t_bwd), "opt_ms": _ms(t_opt), "step_ms": _ms(step_total),
+            "train_s": t_train, "eval_s": t_eval, "diagnostics_s": t_diag,
+            "wall_s": time.perf_counter() - t_wall0, "time_to_solve_s": time_to_solve,
+        },
+        "provenance": provenance(device, spec.threads),
+    }
+    return rec
+
+
+def error_record(spec_dict: Dict, exc: BaseException) -> Dict:
+    """The record of a run that raised: outcome 'error', message and traceback kept."""
+    return {
+        "record_version": RECORD_VERSION,
+        "spec": spec_dict,
+        "outcome": "error",
+        "error": {"type": type(exc).__name__, "message": str(exc),
+                  "traceback": "".join(traceback.format_exception(exc))},
+        "provenance": provenance(None, spec_dict.get("threads")),
+    }
+
+
+def run_safely(spec: RunSpec, progress=None) -> Dict:
+    try:
+        return train(spec, progress)
+    except Exception as exc:  # recorded, never lost: the sweep goes on
+        return error_record(spec.to_dict(), exc)
