@@ -2,6 +2,7 @@
 its memoryless baseline computed from the generator's own targets."""
 from __future__ import annotations
 
+import numbers
 from typing import Tuple
 
 import torch
@@ -37,8 +38,12 @@ class Task:
     split_based: bool = False  # True: held-out is a fixed split of a data set (no key check)
 
     def __init__(self, length: int):
-        if isinstance(length, bool) or not isinstance(length, int):
-            raise BenchError(f"task {self.name!r}: length must be an integer, got {length!r}")
+        if isinstance(length, bool) or not isinstance(length, numbers.Integral):
+            raise BenchError(
+                f"task {self.name!r}: length must be an integer in {self.min_length}..{self.max_length} "
+                f"({self.length_meaning}), got {length!r}"
+            )
+        length = int(length)
         if not self.min_length <= length <= self.max_length:
             raise BenchError(
                 f"task {self.name!r}: length {length} out of range; valid lengths are "
