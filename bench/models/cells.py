@@ -164,48 +164,31 @@ class NormRecurrence(Recurrence):
                 self.register_buffer(f"rv_{nm}", torch.ones(max_steps, d, **e))
 
     # batch norm with per-time-step statistics ------------------------------------------
-    def _bn_seq(self, v, which, gain, bias=None):
-        """v (B, T, D): normalise each step with its own statistics."""
-        B, T, D = v.shape
+    def _stats(self, which, t=None):
+        """Running (mean, var) to use/update: None in train mode while probing (frozen)."""
+        if self.training and not self.update_stats:
+            return None, None
         rm, rv = getattr(self, f"rm_{which}"), getattr(self, f"rv_{which}")
-        idx = torch.clamp(torch.arange(T, device=v.device), max=self.max_steps - 1)
-        if self.training:
-            mean, var = v.mean(0), v.var(0, unbiased=False)  # (T, D)
-            if self.update_stats:
-                self._update(rm, rv, idx, mean, v.var(0, unbiased=True) if B > 1 else var)
-        else:
-            mean, var = rm[idx], rv[idx]
-        out = (v - mean) * torch.rsqrt(var + self.eps) * gain
-        return out if bias is None else out + bias
+        if t is None:
+            return rm.view(-1), rv.view(-1)
+        i = min(t, self.max_steps - 1)
+        return rm[i], rv[i]
 
-    def _bn_step(self, v, t, which, gain, bias, stats: list):
-        if self.training:
-            mean, var = v.mean(0), v.var(0, unbiased=False)
-            if self.update_stats:
-                stats.append((t, mean.detach(), v.detach().var(0, unbiased=v.shape[0] > 1)))
-        else:
-            i = min(t, self.max_steps - 1)
-            mean, var = getattr(self, f"rm_{which}")[i], getattr(self, f"rv_{which}")[i]
-        out = (v - mean) * torch.rsqrt(var + self.eps) * gain
-        return out if bias is None else out + bias
+    def _bn_seq(self, v, which, gain, bias):
+        """v (B, T, D): each step normalised with its own statistics, in one fused call."""
+        B, T, D = v.shape
+        if T > self.max_steps:
+            raise ValueError(f"sequence of {T} steps longer than max_steps={self.max_steps}")
+        rm, rv = self._stats(which)
+        if rm is not None:
+            rm, rv = rm[: T * D], rv[: T * D]
+        out = F.batch_norm(v.reshape(B, T * D), rm, rv, gain.repeat(T), bias.repeat(T),
+                           self.training, self.momentum, self.eps)
+        return out.view(B, T, D)
 
-    @torch.no_grad()
-    def _update(self, rm, rv, idx, mean, var):
-        m = self.momentum
-        # several steps beyond max_steps share the last slot: average them first
-        for buf, val in ((rm, mean), (rv, var)):
-            acc = torch.zeros_like(buf).index_add_(0, idx, val.detach())
-            cnt = torch.zeros(buf.shape[0], device=buf.device).index_add_(0, idx, torch.ones_like(idx, dtype=buf.dtype))
-            seen = cnt > 0
-            buf[seen] = (1 - m) * buf[seen] + m * (acc[seen] / cnt[seen, None])
-
-    @torch.no_grad()
-    def _flush(self, which, stats):
-        if not stats:
-            return
-        idx = torch.clamp(torch.tensor([s[0] for s in stats], device=stats[0][1].device), max=self.max_steps - 1)
-        self._update(getattr(self, f"rm_{which}"), getattr(self, f"rv_{which}"), idx,
-                     torch.stack([s[1] for s in stats]), torch.stack([s[2] for s in stats]))
+    def _bn_step(self, v, t, which, gain, bias):
+        rm, rv = self._stats(which, t)
+        return F.batch_norm(v, rm, rv, gain, bias, self.training, self.momentum, self.eps)
 
     # -----------------------------------------------------------------------------------
     def forward(self, x, tbptt=None):
@@ -214,46 +197,44 @@ class NormRecurrence(Recurrence):
     def loop(self, x, tbptt=None, probes=None, gates=None):
         B, T, _ = x.shape
         H, G = self.hidden, self.w_hh.shape[0]
+        bn, lstm = self.norm == "bn", self.family == "lstm"
         xp = F.linear(x, self.w_ih)  # (B, T, G)
-        lstm = self.family == "lstm"
-        if self.norm == "bn":
+        if bn:
             xp = self._bn_seq(xp, "x", self.gain_x, self.bias)
         elif lstm:
-            xp = F.layer_norm(xp, (G,), self.gain_x, None, self.eps) + self.bias
-        xs = xp.unbind(1)
+            xp = F.layer_norm(xp, (G,), self.gain_x, self.bias, self.eps)
+        xs = xp.unbind(1)  # T x (B, G); unbind once: xs[:, t] per step has an O(T^2) backward
         h = x.new_zeros(B, H)
         c = x.new_zeros(B, H) if lstm else None
-        st_h, st_c, hs = [], [], []
+        W = self.w_hh.t()
+        hs = []
         for t in range(T):
             if tbptt and t > 0 and t % tbptt == 0:
                 h = h.detach()
                 c = c.detach() if c is not None else None
-            hp = F.linear(h, self.w_hh)  # (B, G)
-            if self.norm == "bn":
-                a = xs[t] + self._bn_step(hp, t, "h", self.gain_h, None, st_h)
+            hp = torch.mm(h, W)  # (B, G)
+            if bn:
+                a = xs[t] + self._bn_step(hp, t, "h", self.gain_h, None)
             elif lstm:
                 a = xs[t] + F.layer_norm(hp, (G,), self.gain_h, None, self.eps)
             else:
                 a = F.layer_norm(xs[t] + hp, (G,), self.gain_h, self.bias, self.eps)
             if lstm:
-                i, f, g, o = a.chunk(4, 1)
-                f = torch.sigmoid(f)
+                sg = torch.sigmoid(a)  # gate order i, f, g, o (as nn.LSTM)
+                f = sg[:, H:2 * H]
                 if gates is not None:
                     gates.append(f.mean())
-                c = f * c + torch.sigmoid(i) * torch.tanh(g)
-                if self.norm == "bn":
-                    cn = self._bn_step(c, t, "c", self.gain_c, self.bias_c, st_c)
+                c = torch.addcmul(f * c, sg[:, :H], torch.tanh(a[:, 2 * H:3 * H]))
+                if bn:
+                    cn = self._bn_step(c, t, "c", self.gain_c, self.bias_c)
                 else:
                     cn = F.layer_norm(c, (H,), self.gain_c, self.bias_c, self.eps)
-                h = torch.sigmoid(o) * torch.tanh(cn)
+                h = sg[:, 3 * H:] * torch.tanh(cn)
             else:
                 h = torch.tanh(a)
             if probes is not None:
                 h = h + probes[t]
             hs.append(h)
-        if self.norm == "bn" and self.training and self.update_stats:
-            self._flush("h", st_h)
-            self._flush("c", st_c)
         return torch.stack(hs, 1)
 
 
