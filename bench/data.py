@@ -17,16 +17,18 @@ class TaskData:
         self.task = task
         self.device = torch.device(device)
         xh, yh = task.heldout(heldout_size)
-        self.heldout_keys = None if task.split_based else set(task.content_keys(xh).tolist())
+        keys = None if task.split_based else task.content_keys(xh)  # (n,) int64
+        self._key_tensor = keys
+        self.heldout_keys = None if keys is None else set(keys.tolist())
         self.heldout_x, self.heldout_y = xh.to(self.device), yh.to(self.device)
         self.baseline = task.baseline(yh)
         self.gen = generator("train", task.name, task.length, seed)
 
     def train_batch(self, n: int):
         x, y = self.task.sample(n, self.gen)
-        if self.heldout_keys is not None:
+        if self._key_tensor is not None:
             for _ in range(100):
-                clash = torch.tensor([k in self.heldout_keys for k in self.task.content_keys(x).tolist()])
+                clash = torch.isin(self.task.content_keys(x), self._key_tensor)
                 if not clash.any():
                     break
                 x2, y2 = self.task.sample(int(clash.sum()), self.gen)
