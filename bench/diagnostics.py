@@ -78,7 +78,7 @@ def fit_decay(profile: List[float], first_loss_step: int) -> Dict[str, Optional[
         res["decay_factor"] = math.exp(max(min(slope, 700.0), -700.0))
     g0, gl = profile[0], profile[first_loss_step - 1] if first_loss_step >= 1 else None
     if gl and gl > 0 and math.isfinite(gl) and math.isfinite(g0):
-        res["reach_log10"] = math.log10(g0 / gl) if g0 > 0 else None
+        res["reach_log10"] = (math.log10(g0) - math.log10(gl)) if g0 > 0 else None  # no under/overflow of g0/gl
     return res
 
 
