@@ -134,13 +134,19 @@ def _collect(axes):
 
 
 def _log_x_if_spread(ax, values):
+    """Log x when the lengths span a factor of 4 or more; ticks at the lengths themselves."""
     v = np.asarray([x for x in values if x and np.isfinite(x) and x > 0], float)
-    if v.size and v.max() / v.min() >= 4:
+    if not v.size:
+        return
+    if v.max() / v.min() >= 4:
         ax.set_xscale("log")
-        ticks = sorted(set(v.tolist()))
+    ticks = sorted(set(v.tolist()))
+    if len(ticks) <= 12:
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:g}" for t in ticks])
         ax.minorticks_off()
+    if len(ticks) == 1:
+        ax.set_xlim(ticks[0] * 0.8, ticks[0] * 1.25)
 
 
 def longest(df) -> pd.DataFrame:
