@@ -83,8 +83,16 @@ def train(spec: RunSpec, progress: Optional[Callable[[int, Dict], None]] = None)
     mit = parse_mitigation(spec.mitigation)
     check_for_task(mit, task.seq_len)
     device = resolve_device(spec.device)
+    threads_before = torch.get_num_threads()
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
+    try:
+        return _train(spec, task, mit, device, progress, t_wall0)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(spec, task, mit, device, progress, t_wall0) -> Dict:
     cuda = device.type == "cuda"
 
     def sync():
@@ -148,13 +156,14 @@ def train(spec: RunSpec, progress: Optional[Callable[[int, Dict], None]] = None)
             gnorms.append(gval)
             losses.append(lval)
             break
+        was_clipped = False
         if clipnorm is not None:
             torch.nn.utils.clip_grads_with_norm_(params, clipnorm, gnorm)
-            clipped += gval > clipnorm
+            was_clipped = gval > clipnorm
         if clipvalue is not None:
-            was = any(bool((p.grad.abs() > clipvalue).any()) for p in params if p.grad is not None)
+            was_clipped |= any(bool((p.grad.abs() > clipvalue).any()) for p in params if p.grad is not None)
             torch.nn.utils.clip_grad_value_(params, clipvalue)
-            clipped += was
+        clipped += was_clipped
         opt.step()
         sync()
         t3 = time.perf_counter()
@@ -196,7 +205,7 @@ def train(spec: RunSpec, progress: Optional[Callable[[int, Dict], None]] = None)
             t_eval += time.perf_counter() - te
     else:
         final = last_eval[1]
-    if outcome != "diverged":
+    if outcome != "diverged" and snapshots[-1]["step"] != steps_taken:
         snap(steps_taken)
     end_snap = snapshots[-1] if outcome != "diverged" else None
 
@@ -206,7 +215,7 @@ def train(spec: RunSpec, progress: Optional[Callable[[int, Dict], None]] = None)
         "record_version": RECORD_VERSION,
         "spec": spec.to_dict(),
         "mitigation": {"name": mit.name, **mit.describe()},
-        "task": task.describe(),
+        "task": {**task.describe(), "heldout_size": int(data.heldout_x.shape[0])},
         "optimizer": opt_name,
         "lr": lr,
         "device": str(device),

@@ -24,23 +24,11 @@ SINGLE = [r for r in RECIPES if MITIGATIONS.get(r).family in ("rnn_tanh", "rnn_r
 GATED = [r for r in RECIPES if r not in SINGLE]
 HIDDEN = 8
 
-BUG_BN_INPUT = (
-    "engine bug, bench/models/seqmodel.py:111-117 _orthogonal_like_input: the 'bn_identity' init "
-    "copies a QR factor of shape (rows, rows) into W_ih (rows, n_in); when n_in > gates*hidden "
-    "(bn_rnn, hidden 8, copy's 10 inputs) build_model raises 'The size of tensor a (10) must match'"
-)
-
-
-def _bn_input_bug(mit_name: str, task_name: str, hidden: int = HIDDEN) -> bool:
-    r = parse_mitigation(mit_name).recipe
-    return r.init == "bn_identity" and GATES[r.family] * hidden < TASKS.get(task_name).n_in
-
 
 def _grid():
     for m in ALL_MITS:
         for t in TASKS.names():
-            marks = [pytest.mark.xfail(strict=True, raises=RuntimeError, reason=BUG_BN_INPUT)] if _bn_input_bug(m, t) else []
-            yield pytest.param(m, t, marks=marks, id=f"{m}-{t}")
+            yield pytest.param(m, t, id=f"{m}-{t}")
 
 
 GRID = list(_grid())
@@ -65,21 +53,7 @@ def test_forward_backward_gives_finite_grads(mit, task_name, small_model):
     assert any(g.abs().sum() > 0 for n, g in grads.items() if n.startswith("rec.")), "no gradient reaches the recurrence"
 
 
-BUG_DEAD_PARAM = (
-    "engine bug, bench/models/cells.py NormRecurrence.__init__: ln_rnn registers gain_x, but the "
-    "layer-norm RNN step only uses gain_h (LN of the summed pre-activation), so gain_x is a dead "
-    "parameter that never gets a gradient (counted in the model, handed to the optimizer)"
-)
-
-
-def _dead_param_bug(mit_name):
-    r = parse_mitigation(mit_name).recipe
-    return r.norm == "ln" and r.family == "rnn_tanh"
-
-
-@pytest.mark.parametrize("mit", [
-    pytest.param(m, marks=[pytest.mark.xfail(strict=True, reason=BUG_DEAD_PARAM)] if _dead_param_bug(m) else [])
-    for m in ALL_MITS])
+@pytest.mark.parametrize("mit", ALL_MITS)
 def test_every_parameter_gets_a_gradient(mit, small_model):
     model, task = small_model(mit, "adding")
     x, y = task.sample(4, generator("every-param"))
@@ -182,16 +156,7 @@ def test_radius_sets_the_spectral_radius(recipe, rho):
     assert model.spectral()[0] == pytest.approx(rho, rel=1e-5)
 
 
-BUG_HEAD_BIAS = (
-    "engine bug, bench/models/seqmodel.py:66-68 init_model: for normalized cells (bn_*, ln_*) the "
-    "'skip 1-dim parameters' rule also skips the readout head's bias, which keeps nn.Linear's "
-    "default init from the global RNG: the same seed gives a different initial model"
-)
-
-
-@pytest.mark.parametrize("mit", [
-    pytest.param(m, marks=[pytest.mark.xfail(strict=True, reason=BUG_HEAD_BIAS)] if parse_mitigation(m).recipe.norm else [])
-    for m in ALL_MITS])
+@pytest.mark.parametrize("mit", ALL_MITS)
 def test_same_seed_same_parameters(mit):
     a, b, c = _build(mit, seed=0), _build(mit, seed=0), _build(mit, seed=1)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
@@ -201,14 +166,6 @@ def test_same_seed_same_parameters(mit):
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)
 
 
-BUG_GLOBAL_RNG = (
-    "engine bug, bench/models/seqmodel.py:18 SeqModel.__init__: nn.Linear(...) for the readout head "
-    "runs reset_parameters() on the global RNG (kaiming_uniform_), so build_model advances "
-    "torch's global generator although init_model then overwrites the head from the local one"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_GLOBAL_RNG)
 @pytest.mark.parametrize("mit", ["rnn", "lstm", "ln_lstm"])
 def test_build_model_leaves_global_rng_alone(mit):
     state = torch.random.get_rng_state()

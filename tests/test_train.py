@@ -128,14 +128,6 @@ def test_clipvalue_bounds_every_element(recipe, spy_optimizer, tiny_spec):
     assert 0 < rec["grad_norm"]["frac_clipped"] <= 1
 
 
-BUG_FRAC_CLIPPED = (
-    "engine bug, bench/train.py clipping block (clipped += gval > clipnorm; clipped += was): with "
-    "both clipnorm and clipvalue a step is counted twice, so grad_norm.frac_clipped reaches 2.0 "
-    "although RECORD.md defines it as the fraction of steps where clipping changed the gradient"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_FRAC_CLIPPED)
 def test_frac_clipped_is_a_fraction_with_both_clips(tiny_spec):
     rec = train(tiny_spec(mitigation="rnn+clipnorm:0.001+clipvalue:0.0001", budget=4))
     assert 0 <= rec["grad_norm"]["frac_clipped"] <= 1
@@ -209,18 +201,13 @@ def test_clipping_prevents_that_divergence(mit):
 
 
 # -- determinism and the global RNG ---------------------------------------------------------------
-BUG_HEAD_BIAS = (
-    "engine bug, bench/models/seqmodel.py:66-68 init_model: for normalized cells the readout "
-    "head's bias is skipped with the cells' gains and keeps nn.Linear's global-RNG init, so two "
-    "runs of the same RunSpec in one process start from different models"
-)
 
 
 @pytest.mark.parametrize("mit,task_name,length", [
     ("lstm+clipnorm:1", "copy", 3),
     ("rnn+tbptt:3", "adding", 9),
     ("gru", "temporal_order", 10),
-    pytest.param("bn_lstm", "temporal_order", 10, marks=pytest.mark.xfail(strict=True, reason=BUG_HEAD_BIAS)),
+    ("bn_lstm", "temporal_order", 10),
 ])
 def test_same_spec_same_record(mit, task_name, length, tiny_spec):
     spec = tiny_spec(mitigation=mit, task=task_name, length=length, budget=6, eval_every=3)
@@ -233,13 +220,6 @@ def test_same_spec_same_record(mit, task_name, length, tiny_spec):
     assert other["grad_norm"]["trace"] != a["grad_norm"]["trace"]
 
 
-BUG_GLOBAL_RNG = (
-    "engine bug, bench/models/seqmodel.py:18 SeqModel.__init__: nn.Linear for the readout head draws "
-    "its default init from the global RNG, so train() (via build_model) advances it"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_GLOBAL_RNG)
 def test_train_leaves_global_rng_alone(tiny_spec):
     state = torch.random.get_rng_state()
     train(tiny_spec(budget=2))
@@ -268,14 +248,6 @@ def test_record_has_the_documented_fields(tiny_spec, tmp_path):
     assert read_record(tmp_path / "r.json") == json.loads(json.dumps(rec))
 
 
-BUG_DUP_SNAPSHOT = (
-    "engine bug, bench/train.py: the loop snapshots at every step in profile_steps(budget) and the "
-    "end snapshot is taken again at steps_taken, so when the run ends on such a step (budget 1, or "
-    "solved/at budget on step budget/8, /4, /2) diagnostics.snapshots holds the same step twice"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_DUP_SNAPSHOT)
 def test_snapshot_steps_are_distinct(tiny_spec):
     rec = train(tiny_spec(budget=1, eval_every=1))
     steps = [s["step"] for s in rec["diagnostics"]["snapshots"]]

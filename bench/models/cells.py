@@ -150,7 +150,8 @@ class NormRecurrence(Recurrence):
         self.w_hh = nn.Parameter(torch.empty(G, hidden, **e))
         self.bias = nn.Parameter(torch.zeros(G, **e))
         gain0 = 0.1 if norm == "bn" else 1.0
-        self.gain_x = nn.Parameter(torch.full((G,), gain0, **e))
+        if not (norm == "ln" and family == "rnn_tanh"):  # ln_rnn normalises the sum once
+            self.gain_x = nn.Parameter(torch.full((G,), gain0, **e))
         self.gain_h = nn.Parameter(torch.full((G,), gain0, **e))
         if family == "lstm":
             self.gain_c = nn.Parameter(torch.full((hidden,), gain0, **e))

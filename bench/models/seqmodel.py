@@ -15,7 +15,8 @@ class SeqModel(nn.Module):
     def __init__(self, rec: Recurrence, n_out: int, readout: str, tbptt=None):
         super().__init__()
         self.rec = rec
-        self.head = nn.Linear(rec.hidden, n_out, device=_dev(rec))
+        # built on the meta device: construction draws nothing from the global RNG
+        self.head = nn.Linear(rec.hidden, n_out, device="meta").to_empty(device=_dev(rec))
         self.readout = readout
         self.tbptt = tbptt
 
@@ -63,9 +64,11 @@ def init_model(model: SeqModel, init: str, g: torch.Generator, seq_len: int) -> 
     H = rec.hidden
     k = 1.0 / math.sqrt(H)
     # PyTorch's own default: U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias
-    for p in list(rec.parameters()) + list(model.head.parameters()):
+    for p in rec.parameters():
         if p.dim() == 1 and isinstance(rec, NormRecurrence):
             continue  # gains and biases of normalized cells keep their constructor values
+        _uniform_cpu(p, k, g)
+    for p in model.head.parameters():
         _uniform_cpu(p, k, g)
     W_hh = rec.w_hh
     if init == "orthogonal":
@@ -110,11 +113,12 @@ def _normal_cpu(p, std, g):
 
 def _orthogonal_like_input(W, g):
     """Semi-orthogonal input weights (Cooijmans et al. initialise W_x orthogonally)."""
+    rows, cols = W.shape
     with torch.no_grad():
-        a = torch.randn(W.shape[0], W.shape[1], generator=g, dtype=torch.float64)
-        q, r = torch.linalg.qr(a)
+        a = torch.randn(max(rows, cols), min(rows, cols), generator=g, dtype=torch.float64)
+        q, r = torch.linalg.qr(a)  # q: orthonormal columns
         q = q * torch.sign(torch.diagonal(r))
-        W.copy_(q.to(W.device, W.dtype))
+        W.copy_((q if rows >= cols else q.t()).to(W.device, W.dtype))
 
 
 def build_model(mit: Mitigation, n_in: int, n_out: int, readout: str, hidden: int, seq_len: int,
