@@ -82,14 +82,21 @@ def fit_decay(profile: List[float], first_loss_step: int) -> Dict[str, Optional[
     return res
 
 
-def gate_mean(model: SeqModel, x) -> Optional[float]:
-    """Mean forget gate (LSTM) or update gate z (GRU: the fraction of h kept) on x."""
+def gate_profile(model: SeqModel, x) -> Optional[List[float]]:
+    """Per-step mean forget gate (LSTM) or update gate z (GRU: the fraction of h kept) on x;
+    None for cells without such a gate."""
     if model.rec.family not in ("lstm", "gru"):
         return None
     gates: list = []
     with frozen_stats(model), torch.no_grad():
         model.forward_loop(x, gates=gates)
-    return float(torch.stack(gates).mean())
+    return torch.stack(gates).double().cpu().tolist()
+
+
+def gate_mean(model: SeqModel, x) -> Optional[float]:
+    """Mean of gate_profile over steps."""
+    prof = gate_profile(model, x)
+    return None if prof is None else sum(prof) / len(prof)
 
 
 def snapshot(model: SeqModel, task: Task, x, y, step: int) -> Dict:
@@ -97,5 +104,7 @@ def snapshot(model: SeqModel, task: Task, x, y, step: int) -> Dict:
     prof = gradient_profile(model, task, x, y)
     first = task.seq_len - task.probe_window()
     rho, sigma = model.spectral()
+    gates = gate_profile(model, x)
     return {"step": step, "profile": prof, **fit_decay(prof, first),
-            "spectral_radius": rho, "sigma_max": sigma, "gate_mean": gate_mean(model, x)}
+            "spectral_radius": rho, "sigma_max": sigma,
+            "gate_mean": None if gates is None else sum(gates) / len(gates), "gate_profile": gates}

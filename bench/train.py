@@ -216,6 +216,8 @@ def _train(spec, task, mit, device, progress, t_wall0) -> Dict:
         "spec": spec.to_dict(),
         "mitigation": {"name": mit.name, **mit.describe()},
         "task": {**task.describe(), "heldout_size": int(data.heldout_x.shape[0])},
+        "model": {"n_params": sum(p.numel() for p in model.parameters()),
+                  "n_params_recurrent": sum(p.numel() for p in model.rec.parameters())},
         "optimizer": opt_name,
         "lr": lr,
         "device": str(device),

@@ -49,7 +49,7 @@ def reference_states(model, x, tbptt=None):
         nh = (lambda v: _ln(v, rec.gain_h, None, eps)) if norm == "ln" else (lambda v: _bn(v, rec.gain_h, None, eps))
         nc = (lambda v: _ln(v, rec.gain_c, rec.bias_c, eps)) if norm == "ln" else (lambda v: _bn(v, rec.gain_c, rec.bias_c, eps))
     for t in range(T):
-        if tbptt and t > 0 and t % tbptt == 0:
+        if tbptt and 0 < t < T and (T - t) % tbptt == 0:  # boundaries counted from the end
             h, c = h.detach(), c.detach()
         xt = x[:, t]
         if norm is None:
@@ -168,7 +168,7 @@ def test_tbptt_profile_is_zero_before_the_last_boundary(recipe, k, length, small
     model, task = small_model(f"{recipe}+tbptt:{k}", "adding", length=length)
     x, y = task.sample(8, generator("tbptt", recipe))
     prof = diagnostics.gradient_profile(model, task, x, y)
-    last = ((task.seq_len - 1) // k) * k  # the last chunk is [last, T)
+    last = task.seq_len - k  # the last chunk is [last, T): exactly k steps
     assert all(v == 0.0 for v in prof[:last]), prof
     assert all(v > 0.0 for v in prof[last:]), prof
     snap = diagnostics.fit_decay(prof, task.seq_len - 1)

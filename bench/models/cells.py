@@ -20,9 +20,22 @@ GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 
 def _chunks(T: int, k: Optional[int]):
+    """Truncation chunks aligned to the END of the sequence, so the chunk next to the loss has
+    exactly k steps (the first chunk holds the remainder T mod k)."""
     if not k or k >= T:
         return [(0, T)]
-    return [(s, min(s + k, T)) for s in range(0, T, k)]
+    starts = [0] + [b for b in range(T % k or k, T, k)]
+    return [(s, e) for s, e in zip(starts, starts[1:] + [T])]
+
+
+def is_boundary(t: int, T: int, k: Optional[int]) -> bool:
+    """Is the state detached before step t (truncation boundaries counted from the end)?"""
+    return bool(k) and 0 < t < T and (T - t) % k == 0
+
+
+def last_boundary(T: int, k: Optional[int]) -> int:
+    """Start of the last truncation chunk (0 when nothing is truncated)."""
+    return _chunks(T, k)[-1][0]
 
 
 class Recurrence(nn.Module):
@@ -99,7 +112,9 @@ class FusedRecurrence(Recurrence):
     def b_hh(self):
         return self.rnn.bias_hh_l0
 
-    def forward(self, x, tbptt: Optional[int] = None):
+    def forward(self, x, tbptt: Optional[int] = None, no_grad_before: int = 0):
+        """no_grad_before: steps before it run without autograd (their outputs get no
+        gradient anyway when the loss reads only the last truncation chunk)."""
         B, T, _ = x.shape
         if not tbptt or tbptt >= T:
             return self.rnn(x)[0]
@@ -107,7 +122,8 @@ class FusedRecurrence(Recurrence):
         for s, e in _chunks(T, tbptt):
             if state is not None:  # truncate: no gradient crosses the chunk boundary
                 state = tuple(t.detach() for t in state) if isinstance(state, tuple) else state.detach()
-            o, state = self.rnn(x[:, s:e], state)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and s >= no_grad_before):
+                o, state = self.rnn(x[:, s:e], state)
             outs.append(o)
         return torch.cat(outs, 1)
 
@@ -119,7 +135,7 @@ class FusedRecurrence(Recurrence):
         c = x.new_zeros(B, self.hidden) if self.family == "lstm" else None
         hs = []
         for t in range(T):
-            if tbptt and t > 0 and t % tbptt == 0:
+            if is_boundary(t, T, tbptt):
                 h = h.detach()
                 c = c.detach() if c is not None else None
             h, c = _step(self.family, xs[t], h, c, self.w_hh, self.b_hh, gates)
@@ -192,10 +208,10 @@ class NormRecurrence(Recurrence):
         return F.batch_norm(v, rm, rv, gain, bias, self.training, self.momentum, self.eps)
 
     # -----------------------------------------------------------------------------------
-    def forward(self, x, tbptt=None):
-        return self.loop(x, tbptt)
+    def forward(self, x, tbptt=None, no_grad_before: int = 0):
+        return self.loop(x, tbptt, no_grad_before=no_grad_before)
 
-    def loop(self, x, tbptt=None, probes=None, gates=None):
+    def loop(self, x, tbptt=None, probes=None, gates=None, no_grad_before: int = 0):
         B, T, _ = x.shape
         H, G = self.hidden, self.w_hh.shape[0]
         bn, lstm = self.norm == "bn", self.family == "lstm"
@@ -209,10 +225,13 @@ class NormRecurrence(Recurrence):
         c = x.new_zeros(B, H) if lstm else None
         W = self.w_hh.t()
         hs = []
+        grad = torch.is_grad_enabled()
         for t in range(T):
-            if tbptt and t > 0 and t % tbptt == 0:
+            if is_boundary(t, T, tbptt):
                 h = h.detach()
                 c = c.detach() if c is not None else None
+            if grad and no_grad_before:
+                torch.set_grad_enabled(t >= no_grad_before)
             hp = torch.mm(h, W)  # (B, G)
             if bn:
                 a = xs[t] + self._bn_step(hp, t, "h", self.gain_h, None)
@@ -236,6 +255,7 @@ class NormRecurrence(Recurrence):
             if probes is not None:
                 h = h + probes[t]
             hs.append(h)
+        torch.set_grad_enabled(grad)
         return torch.stack(hs, 1)
 
 

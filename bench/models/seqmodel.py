@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .cells import FusedRecurrence, NormRecurrence, Recurrence, spectral_stats
+from .cells import FusedRecurrence, NormRecurrence, Recurrence, last_boundary, spectral_stats
 from .mitigations import Mitigation
 
 
@@ -25,7 +25,10 @@ class SeqModel(nn.Module):
         return self.head(hs[:, -1]) if self.readout == "last" else self.head(hs)
 
     def forward(self, x):
-        return self.read(self.rec(x, self.tbptt))
+        # with truncation and a loss on the last step only, steps before the last chunk get
+        # no gradient: run them without building the autograd graph (truncated BPTT's saving)
+        cut = last_boundary(x.shape[1], self.tbptt) if self.readout == "last" else 0
+        return self.read(self.rec(x, self.tbptt, cut))
 
     def forward_loop(self, x, probes=None, gates=None):
         """Cell-loop twin of forward (same weights), with probes on every h_t."""
