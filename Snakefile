@@ -1,0 +1,33 @@
+"""RNN gradient benchmark: train every (task, length, mitigation, lr) cell of the sweep in
+config/config.yaml, gather the run records into one table, render the report.
+
+    snakemake --cores 2                                   # the default sweep
+    snakemake --cores 2 --configfile config/smoke.yaml    # a --configfile replaces config/config.yaml
+    snakemake --cores 2 --config budget=50 seeds=[0,1]    # --config overrides single keys
+    snakemake --report report/snakemake-report.zip
+
+profiles/default/ is the workflow profile Snakemake picks up by itself.
+"""
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+# A --configfile stands alone: merged into config/config.yaml, it would keep that file's tasks.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "report/report.html",
+    default_target: True

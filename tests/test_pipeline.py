@@ -1,0 +1,183 @@
+"""The Snakemake pipeline end to end on config/smoke.yaml, in a copy of the workflow: one record
+and one table row per run, the report with every section and figure, no work redone on a
+second invocation, and only the changed mitigation's cells retrained after a config edit."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from bench.config import validate
+from bench.records import read_record
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+RUN_RECORD = "results/runs/{task}/T{length}/{mitigation}/lr-{lr}/seed{seed}.json"
+
+pytestmark = pytest.mark.slow
+
+
+def copy_workflow(dst: Path) -> Path:
+    shutil.copy2(REPO / "Snakefile", dst / "Snakefile")
+    for sub in ("workflow", "config", "profiles"):
+        shutil.copytree(REPO / sub, dst / sub)
+    return dst
+
+
+def snakemake(wd: Path, *args, timeout=300) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=wd,
+                       capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    return p
+
+
+def expected_records(config_path: Path):
+    sweep = validate(yaml.safe_load(config_path.read_text()), SCHEMA)
+    return sweep, {RUN_RECORD.format(task=c.task, length=c.length, mitigation=c.mitigation, lr=c.lr, seed=s)
+                   for c in sweep.cells() for s in sweep.seeds}
+
+
+def job_counts(output: str) -> dict:
+    """The 'Job stats' table Snakemake prints: rule -> jobs."""
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def mtimes(wd: Path, pattern: str) -> dict:
+    return {str(p.relative_to(wd)): p.stat().st_mtime_ns for p in wd.glob(pattern)}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The smoke sweep, run once; the tests below go on from its state in this order."""
+    wd = copy_workflow(tmp_path_factory.mktemp("pipeline"))
+    t0 = time.perf_counter()
+    p = snakemake(wd, "--configfile", "config/smoke.yaml")
+    return wd, p, time.perf_counter() - t0
+
+
+def test_smoke_runs_end_to_end(smoke):
+    from bench.report import FIGURE_NAMES, SECTION_IDS
+
+    wd, p, seconds = smoke
+    out = p.stdout + p.stderr
+    assert "Using workflow specific profile profiles/default" in out  # picked up by itself
+    sweep, expected = expected_records(wd / "config" / "smoke.yaml")
+    assert job_counts(out)["train"] == len(list(sweep.cells())) == 6
+    assert set(map(str, (q.relative_to(wd) for q in wd.glob("results/runs/**/*.json")))) == expected
+    for path in expected:
+        rec = read_record(wd / path)
+        assert rec["outcome"] != "error", rec.get("error")
+
+    df = pd.read_parquet(wd / "results" / "runs.parquet")
+    assert len(df) == len(expected)
+    assert set(df["record_path"].map(lambda s: str(Path(s)))) == expected
+    assert set(df["p_mitigation"]) == set(sweep.mitigations)
+    assert set(df["lr_used"][df["p_mitigation"] == "rnn"]) == {0.01}  # the lr grid reached the run
+    assert set(df["optimizer_used"][df["p_mitigation"] == "lstm"]) == {"rmsprop"}
+    for name in ("runs.csv", "summary.csv", "aggregate/records.txt"):
+        assert (wd / "results" / name).stat().st_size > 0
+
+    used = yaml.safe_load((wd / "results" / "config_used.yaml").read_text())
+    assert validate(used, SCHEMA) == sweep
+
+    html = (wd / "report" / "report.html").read_text()
+    for sid in SECTION_IDS:
+        assert f'id="{sid}"' in html, sid
+    for name in FIGURE_NAMES:
+        assert (wd / "results" / "figures" / f"{name}.png").stat().st_size > 0, name
+    for c in sweep.cells():
+        cell = f"{c.task}/T{c.length}/{c.mitigation}/lr-{c.lr}"
+        assert (wd / "logs" / "train" / f"{cell}.log").exists()
+        assert (wd / "benchmarks" / "train" / f"{cell}.tsv").exists()
+    print(f"smoke sweep: {seconds:.0f} s")
+
+
+def test_second_invocation_does_nothing(smoke):
+    wd = smoke[0]
+    before = mtimes(wd, "results/**/*.*") | mtimes(wd, "report/*")
+    p = snakemake(wd, "--configfile", "config/smoke.yaml")
+    assert "Nothing to be done" in p.stdout + p.stderr
+    assert mtimes(wd, "results/**/*.*") | mtimes(wd, "report/*") == before
+
+
+def test_snakemake_report_collects_the_figures(smoke):
+    from bench.report import FIGURE_NAMES
+
+    wd = smoke[0]
+    snakemake(wd, "--configfile", "config/smoke.yaml", "--report", "report/snakemake-report.zip")
+    import zipfile
+
+    names = zipfile.ZipFile(wd / "report" / "snakemake-report.zip").namelist()
+    for fig in FIGURE_NAMES:
+        assert any(n.endswith(f"/{fig}.png") for n in names), fig
+    assert any(n.endswith("/summary.csv") for n in names)
+
+
+def test_changing_one_mitigation_retrains_only_its_cells(smoke):
+    wd = smoke[0]
+    cfg = yaml.safe_load((wd / "config" / "smoke.yaml").read_text())
+    cfg["mitigations"] = ["rnn", "lstm", "rnn+clipvalue:0.5"]  # was rnn+clipnorm:1
+    (wd / "config" / "edited.yaml").write_text(yaml.safe_dump(cfg))
+    kept = {k: v for k, v in mtimes(wd, "results/runs/**/*.json").items() if "clipnorm" not in k}
+    assert kept
+    # target the table only (the report is not needed); --configfile takes every word after it
+    p = snakemake(wd, "results/runs.parquet", "--configfile", "config/edited.yaml")
+    assert job_counts(p.stdout + p.stderr)["train"] == 2  # one cell per task length
+    now = mtimes(wd, "results/runs/**/*.json")
+    assert {k: now[k] for k in kept} == kept  # untouched cells: not retrained
+    sweep, expected = expected_records(wd / "config" / "edited.yaml")
+    assert {k for k in expected if "clipvalue" in k} <= set(now)
+    df = pd.read_parquet(wd / "results" / "runs.parquet")
+    assert set(df["p_mitigation"]) == {"rnn", "lstm", "rnn+clipvalue:0.5"} and len(df) == len(expected)
+
+
+def test_placement_settings_do_not_retrain_but_training_settings_do(smoke):
+    """device and threads only place a job and dropping a seed only drops its records; budget
+    shapes every record (the params trigger) and a new seed is a missing output in every cell."""
+    wd = smoke[0]
+    args = ("-n", "--configfile", "config/edited.yaml")
+    p = snakemake(wd, *args, "--config", "threads=2", "device=auto", "seeds=[1]")
+    assert "train" not in job_counts(p.stdout + p.stderr)
+    p = snakemake(wd, *args, "--config", "budget=30")
+    assert job_counts(p.stdout + p.stderr)["train"] == 6
+    p = snakemake(wd, *args, "--config", "seeds=[0,1,2]")
+    assert job_counts(p.stdout + p.stderr)["train"] == 6
+
+
+def test_dry_run_of_the_default_sweep(tmp_path):
+    wd = copy_workflow(tmp_path)
+    p = snakemake(wd, "-n")
+    sweep, _ = expected_records(wd / "config" / "config.yaml")
+    counts = job_counts(p.stdout + p.stderr)
+    assert counts["train"] == len(list(sweep.cells()))
+    assert counts["aggregate"] == counts["report"] == counts["config_used"] == 1
+    assert not (wd / "results").exists()
+
+
+def test_config_overrides_reach_the_jobs(tmp_path):
+    wd = copy_workflow(tmp_path)
+    p = snakemake(wd, "-n", "--configfile", "config/smoke.yaml", "--config", "budget=50", "seeds=[3,4,5]",
+                  "lr={lstm: [0.002, 0.02]}", "mitigations=[rnn,lstm]")
+    out = p.stdout + p.stderr
+    assert job_counts(out)["train"] == 2 * 3  # 2 tasks x (rnn at 0.01 + lstm at 2 rates)
+    cmds = [line for line in out.splitlines() if "bench run-cell" in line]
+    assert cmds and all("--budget 50" in c and "--seeds 3 4 5 " in c for c in cmds)
+    assert sum("--mitigation lstm " in c and "--lr 0.02 --optimizer rmsprop" in c for c in cmds) == 2
+
+
+def test_gpu_profile_and_full_config(tmp_path):
+    wd = copy_workflow(tmp_path)
+    p = snakemake(wd, "-n", "--configfile", "config/full.yaml", "--profile", "profiles/gpu")
+    out = p.stdout + p.stderr
+    sweep, _ = expected_records(wd / "config" / "full.yaml")
+    assert job_counts(out)["train"] == len(list(sweep.cells()))
+    train_resources = re.findall(r"rule train:\n(?:    .*\n)*?    resources: (.*)", out)
+    assert train_resources and all("gpu=1" in r for r in train_resources)

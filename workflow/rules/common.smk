@@ -1,0 +1,77 @@
+"""Shared by the rules: the validated sweep (`SWEEP`), path patterns, wildcard constraints and
+input functions. The config is validated here, once, before any job is scheduled."""
+import os
+import re
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+import bench.config
+
+SCHEMA = "../schemas/config.schema.yaml"  # relative to this file, as snakemake.utils.validate wants
+
+
+def _stop(error):
+    """End Snakemake with the message alone: sys.exit prints it without a traceback, before any
+    job (or its output folder) exists."""
+    sources = [os.path.relpath(f) for f in workflow.overwrite_configfiles or workflow.configfiles]
+    sys.exit(f"{error}\n(config read from {', '.join(sources) or 'no config file'}"
+             f"{' and --config' if workflow.config_settings.config else ''}; "
+             f"tasks, mitigations and modifiers: `python -m bench list`)")
+
+
+def _load_sweep():
+    """Validate `config` and expand it into the sweep.
+
+    `snakemake --config seeds=[0,1]` hands nested numbers over as text, so numbers are read
+    first. snakemake.utils.validate is the schema gate (and fills in the schema defaults); when
+    it fails, bench.config says every problem in words, since Snakemake's message dumps the
+    schema. The registry checks (names, lengths, compositions) follow."""
+    schema_path = workflow.source_path(SCHEMA)
+    config.update(bench.config.coerce_numbers(config, bench.config.load_schema(schema_path)))
+    try:
+        validate(config, SCHEMA)
+    except WorkflowError as e:
+        _stop(bench.config.ConfigError(bench.config.schema_problems(config, schema_path) or [str(e)]))
+    try:
+        return bench.config.expand(bench.config.with_defaults(config, schema_path))
+    except bench.config.ConfigError as e:
+        _stop(e)
+
+
+SWEEP = _load_sweep()
+
+from bench.report import CAPTIONS, FIGURE_NAMES  # after the config check: it imports matplotlib
+
+# One record per run; one training job per cell writes the records of all its seeds.
+RUN_RECORD = "results/runs/{task}/T{length}/{mitigation}/lr-{lr}/seed{seed}.json"
+CELL = "{task}/T{length}/{mitigation}/lr-{lr}"
+
+# Mitigation names hold '+', ':' and '.': the wildcards match exactly the configured names.
+wildcard_constraints:
+    task="|".join(map(re.escape, SWEEP.tasks)),
+    length=r"\d+",
+    mitigation="|".join(map(re.escape, SWEEP.mitigations)),
+    lr="|".join(sorted({re.escape(lr) for m in SWEEP.mitigations for lr in SWEEP.lr_labels(m)})),
+    seed=r"\d+",
+
+
+def all_records():
+    return [RUN_RECORD.format(task=c.task, length=c.length, mitigation=c.mitigation, lr=c.lr, seed=s)
+            for c in SWEEP.cells() for s in SWEEP.seeds]
+
+
+def train_flags(wildcards):
+    return SWEEP.train_flags(wildcards.mitigation, wildcards.lr)
+
+
+def seeds_of_outputs(wildcards, output):
+    return " ".join(re.fullmatch(r".*/seed(\d+)\.json", f).group(1) for f in output)
+
+
+def figure_caption(name):
+    """The caption file of figure `name` (relative to rules/): workflow/report/<name>.rst, which
+    shows bench.report's caption text, or the generic one for a figure without such a file."""
+    own = os.path.join(workflow.basedir, "workflow", "report", f"{name}.rst")
+    return f"../report/{name}.rst" if os.path.exists(own) else "../report/figure.rst"
