@@ -1,0 +1,523 @@
+"""Library code for the performance benchmarks in perf/ (see perf/README.md).
+
+Nothing here is used by training; it builds *steps* to time:
+
+- `EngineStep`: one training step of a mitigation exactly as `bench.train.train`'s loop does it
+  (training batch with the held-out disjointness check, forward, loss, backward, global gradient
+  norm and its host sync, clipping, optimizer step, per-step bookkeeping), on the model, data
+  stream and optimizer the engine builds. `mirror_check` verifies against `train()` that it still
+  computes the same losses and gradient norms.
+- `BareStep`: a hand-written training loop step around a plain nn.RNN / nn.LSTM / nn.GRU (or a
+  plain nn.LSTMCell / nn.RNNCell loop) + nn.Linear head, same task generator, same optimizer: the
+  independent reference the ratios are taken against.
+- `harness_round`: one timed `train()` call split into its parts (setup, training loop, the
+  diagnostics snapshots inside and outside the loop, evaluation).
+- `ratios` / `targets`: turn a pytest-benchmark JSON into the tracked ratios and the table of the
+  issue's absolute targets (used by perf/check.py).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from contextlib import contextmanager
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+TASK = "adding"
+BATCH = 64
+SIZES_FULL = [(64, 100), (128, 100), (64, 1000), (128, 1000)]
+
+# Mitigations whose recurrence is one fused nn.RNN / nn.LSTM / nn.GRU call (target 1).
+FUSED = ["rnn", "rnn_orth", "irnn", "lstm", "lstm_chrono", "gru",
+         "rnn+clipnorm:1", "irnn+clipnorm:1", "lstm+clipnorm:1", "lstm+clipvalue:1", "gru+clipnorm:1",
+         "rnn+radius:0.95"]
+# Mitigations with a Python cell loop (bn_*, ln_*) or a chunked recurrence (tbptt) (target 2).
+CUSTOM = ["bn_rnn", "bn_lstm", "ln_rnn", "ln_lstm", "rnn+tbptt:20", "lstm+tbptt:20", "bn_lstm+clipnorm:1"]
+ALL = FUSED + CUSTOM
+CELL_LOOPS = ["lstmcell", "rnncell"]  # plain nn.LSTMCell / nn.RNNCell loops (target 2's floor)
+
+# Targets of the issue (absolute; reported, not the regression check).
+T1_MAX = 1.05   # engine step / bare loop step, fused mitigations
+T2_MAX = 1.5    # custom-cell step / fused nn.LSTM step
+T3_MAX = 11.0   # step(T=1000) / step(T=100)
+T4_MAX = 0.10   # diagnostics share of a default run's wall time
+DEFAULT_BUDGET = 1000  # RunSpec defaults, used to project whole-run figures
+DEFAULT_EVAL_EVERY = 50
+
+
+MALLOC_MODE = "default"  # set by configure_malloc (perf/conftest.py)
+
+
+def configure_malloc(mode: str) -> str:
+    """glibc's malloc adapts its mmap/trim thresholds to the history of the process, and large
+    per-step buffers (nn.LSTM at T=1000: ~300 MB of fresh pages per step) are then either reused
+    or mmapped and page-faulted anew each step: the same step measured 145, 228 or 300 ms
+    depending on which benchmarks ran before it. "pinned" fixes the regime (no mmap, never trim:
+    freed memory is reused, no page faults) so that ratios are reproducible; "default" leaves
+    glibc as the engine gets it. Returns the mode in effect."""
+    global MALLOC_MODE
+    if mode not in ("pinned", "default"):
+        raise ValueError(f"BENCH_PERF_MALLOC must be 'pinned' or 'default', got {mode!r}")
+    if mode == "pinned":
+        import ctypes
+        import ctypes.util
+
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+            ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+        except (OSError, AttributeError):
+            ok = False
+        if not ok:
+            mode = "default (mallopt unavailable)"
+    MALLOC_MODE = mode
+    return mode
+
+
+def family_of(mitigation: str) -> str:
+    from .models import parse_mitigation
+
+    return parse_mitigation(mitigation).recipe.family
+
+
+def is_fused(mitigation: str) -> bool:
+    from .models import parse_mitigation
+
+    m = parse_mitigation(mitigation)
+    return m.recipe.norm is None and m.get("tbptt") is None
+
+
+def node_id(hidden: int, T: int, name: str) -> str:
+    """The pytest parameter id of one size/mitigation (':' is written '=')."""
+    return f"h{hidden}-T{T}-{name.replace(':', '=')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------------
+class EngineStep:
+    """One training step of `mitigation` as `bench.train.train` runs it (see module doc)."""
+
+    def __init__(self, mitigation: str, T: int, hidden: int, batch: int = BATCH, seed: int = 0,
+                 task: str = TASK, heldout_size: int = 1000):
+        from .data import TaskData
+        from .models import build_model, parse_mitigation
+        from .models.mitigations import check_for_task
+        from .seeding import generator
+        from .tasks import make_task
+        from .train import make_optimizer
+
+        self.task = make_task(task, T)
+        self.mit = parse_mitigation(mitigation)
+        check_for_task(self.mit, self.task.seq_len)
+        self.data = TaskData(self.task, seed, heldout_size, "cpu")
+        g = generator("init", self.task.name, self.task.length, self.mit.recipe.name, hidden, seed)
+        self.model = build_model(self.mit, self.task.n_in, self.task.n_out, self.task.readout, hidden,
+                                 self.task.seq_len, g, "cpu")
+        self.model.train()
+        r = self.mit.recipe
+        self.opt = make_optimizer(r.optimizer, self.model.parameters(), r.lr)
+        self.params = list(self.model.parameters())
+        self.clipnorm, self.clipvalue = self.mit.get("clipnorm"), self.mit.get("clipvalue")
+        self.batch = batch
+        self.losses: List[float] = []
+        self.gnorms: List[float] = []
+        self._t: List[float] = []
+
+    def __call__(self) -> float:
+        x, y = self.data.train_batch(self.batch)
+        t0 = time.perf_counter()
+        out = self.model(x)
+        loss = self.task.loss(out, y)
+        t1 = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        params = self.params
+        gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        lval, gval = float(loss.detach()), float(gnorm)
+        if not (math.isfinite(lval) and math.isfinite(gval)):  # train() would stop the run here
+            self.losses.append(lval)
+            self.gnorms.append(gval)
+            return lval
+        if self.clipnorm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, self.clipnorm, gnorm)
+        if self.clipvalue is not None:
+            any(bool((p.grad.abs() > self.clipvalue).any()) for p in params if p.grad is not None)
+            torch.nn.utils.clip_grad_value_(params, self.clipvalue)
+        self.opt.step()
+        t3 = time.perf_counter()
+        self._t.append(t1 - t0 + t2 - t1 + t3 - t2)
+        self.losses.append(lval)
+        self.gnorms.append(gval)
+        return lval
+
+
+class BareStep:
+    """A hand-written training step: plain PyTorch module + nn.Linear head on the last hidden
+    state, MSE, the task's own generator, zero_grad/backward/[clip]/step. Nothing else.
+
+    kind: rnn_tanh | rnn_relu | lstm | gru (fused nn.RNN/LSTM/GRU) or lstmcell | rnncell (a Python
+    loop over nn.LSTMCell / nn.RNNCell, feeding x[:, t] each step).
+    `like`: an EngineStep whose initial weights to copy (fused kinds only), so that both loops
+    run the same numbers; otherwise PyTorch's default init under torch.manual_seed(seed)."""
+
+    def __init__(self, kind: str, T: int, hidden: int, batch: int = BATCH, seed: int = 0,
+                 optimizer: str = "adam", lr: float = 1e-3, clipnorm: Optional[float] = None,
+                 clipvalue: Optional[float] = None, task: str = TASK, like: Optional[EngineStep] = None):
+        from .seeding import generator
+        from .tasks import make_task
+
+        self.task = make_task(task, T)
+        assert self.task.readout == "last" and self.task.kind == "regression"
+        n_in = self.task.n_in
+        self.kind = kind
+        torch.manual_seed(seed)
+        if like is not None:
+            self.rnn = copy.deepcopy(like.model.rec.rnn)
+            self.head = copy.deepcopy(like.model.head)
+        else:
+            if kind == "lstm":
+                self.rnn = nn.LSTM(n_in, hidden, batch_first=True)
+            elif kind == "gru":
+                self.rnn = nn.GRU(n_in, hidden, batch_first=True)
+            elif kind in ("rnn_tanh", "rnn_relu"):
+                self.rnn = nn.RNN(n_in, hidden, nonlinearity=kind[4:], batch_first=True)
+            elif kind == "lstmcell":
+                self.rnn = nn.LSTMCell(n_in, hidden)
+            elif kind == "rnncell":
+                self.rnn = nn.RNNCell(n_in, hidden)
+            else:
+                raise ValueError(kind)
+            self.head = nn.Linear(hidden, 1)
+        self.hidden = hidden
+        self.params = list(self.rnn.parameters()) + list(self.head.parameters())
+        opt = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}[optimizer]
+        self.opt = opt(self.params, lr=lr)
+        self.clipnorm, self.clipvalue = clipnorm, clipvalue
+        self.gen = generator("train", self.task.name, self.task.length, seed)
+        self.batch = batch
+
+    def _last_hidden(self, x):
+        if self.kind == "lstmcell":
+            h = c = x.new_zeros(x.shape[0], self.hidden)
+            for t in range(x.shape[1]):
+                h, c = self.rnn(x[:, t], (h, c))
+            return h
+        if self.kind == "rnncell":
+            h = x.new_zeros(x.shape[0], self.hidden)
+            for t in range(x.shape[1]):
+                h = self.rnn(x[:, t], h)
+            return h
+        return self.rnn(x)[0][:, -1]
+
+    def __call__(self) -> float:
+        x, y = self.task.sample(self.batch, self.gen)
+        loss = F.mse_loss(self.head(self._last_hidden(x)).squeeze(-1), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clipnorm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clipnorm)
+        if self.clipvalue is not None:
+            torch.nn.utils.clip_grad_value_(self.params, self.clipvalue)
+        self.opt.step()
+        return 0.0
+
+
+def reference_step(T: int, hidden: int, batch: int = BATCH) -> BareStep:
+    """The same-run reference of every ratio: a bare fused nn.LSTM step (default init, Adam 1e-3)."""
+    return BareStep("lstm", T, hidden, batch)
+
+
+def matched_bare_step(eng: EngineStep) -> BareStep:
+    """The bare loop that target 1 compares `eng` with: the same nn module (weights copied),
+    data stream, optimizer, learning rate and clipping, without the harness."""
+    r = eng.mit.recipe
+    return BareStep(r.family, eng.task.length, eng.model.rec.hidden, eng.batch, optimizer=r.optimizer,
+                    lr=r.lr, clipnorm=eng.clipnorm, clipvalue=eng.clipvalue, like=eng)
+
+
+# ---------------------------------------------------------------------------------------------
+# train() split into its parts
+# ---------------------------------------------------------------------------------------------
+class _Clock:
+    """Stand-in for the `time` module inside bench.train whose perf_counter is `timer`."""
+
+    def __init__(self, timer):
+        self.perf_counter = timer
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+@contextmanager
+def engine_clock(timer: Callable[[], float] = time.perf_counter):
+    """Make train()'s own timings (record `timing`: train_s, eval_s, diagnostics_s, step_ms) use
+    `timer`, e.g. time.process_time (CPU time, robust on shared cores); a no-op for perf_counter."""
+    from . import train as tr
+
+    if timer is time.perf_counter:
+        yield
+        return
+    old = tr.time
+    tr.time = _Clock(timer)
+    try:
+        yield
+    finally:
+        tr.time = old
+
+
+@contextmanager
+def timed_snapshots(calls: list, timer: Callable[[], float] = time.perf_counter):
+    """Record (step, seconds) of every diagnostics snapshot train() takes (wraps
+    bench.diagnostics.snapshot(model, task, x, y, step), which train() calls through the module)."""
+    from . import diagnostics
+
+    orig = diagnostics.snapshot
+
+    def wrapper(*a, **k):
+        step = k["step"] if "step" in k else (a[4] if len(a) > 4 else None)
+        t0 = timer()
+        try:
+            return orig(*a, **k)
+        finally:
+            calls.append((step, timer() - t0))
+
+    diagnostics.snapshot = wrapper
+    try:
+        yield
+    finally:
+        diagnostics.snapshot = orig
+
+
+def harness_spec(mitigation: str, T: int, hidden: int, steps: int, batch: int = BATCH, **kw):
+    from .spec import RunSpec
+
+    base = dict(task=TASK, length=T, mitigation=mitigation, hidden=hidden, batch=batch, budget=steps,
+                eval_every=steps + 1, device="cpu", threads=1)  # one evaluation (at the last step)
+    base.update(kw)
+    return RunSpec(**base)
+
+
+def harness_round(spec, timer: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
+    """One train(spec) call, timed from outside and split with the record's own timings (all in
+    `timer`'s clock):
+
+    wall       the whole call: setup, 5 snapshots, training loop, final evaluation, record
+    loop_step  (train_s - snapshots taken inside the loop - eval_s) / steps: the per-step cost of
+               train()'s training loop: batch drawing with the held-out disjointness check,
+               forward, loss, backward, gradient norm + host sync, clipping, optimizer step,
+               per-step timing and logging
+    setup      wall - train_s - the snapshots outside the loop (task, held-out set, model,
+               optimizer, record assembly, provenance)
+    diag       all snapshots (record timing.diagnostics_s); snap_each = their median
+    eval       record timing.eval_s (one evaluation of the held-out set)
+    """
+    from .train import train
+
+    calls: List[tuple] = []
+    t0 = timer()
+    with engine_clock(timer), timed_snapshots(calls, timer):
+        rec = train(spec)
+    wall = timer() - t0
+    if rec["outcome"] == "diverged" or rec["steps"] != spec.budget:
+        raise RuntimeError(f"harness run of {spec.mitigation} stopped at step {rec['steps']} ({rec['outcome']})")
+    tm = rec["timing"]
+    if len(calls) < 2:
+        raise RuntimeError("train() no longer calls bench.diagnostics.snapshot: update bench/perf.py")
+    steps = rec["steps"]
+    # step 0 is taken before the loop, the end (step == steps) after it, the others inside it
+    inside = sum(s for st, s in calls if st not in (0, steps))
+    outside = sum(s for st, s in calls if st in (0, steps))
+    return {"wall": wall, "loop_step": (tm["train_s"] - inside - tm["eval_s"]) / steps,
+            "setup": wall - tm["train_s"] - outside, "diag": tm["diagnostics_s"], "diag_calls": len(calls),
+            "snap_each": statistics.median(s for _, s in calls), "eval": tm["eval_s"], "steps": steps,
+            "record_step_ms": tm["step_ms"]["median"]}
+
+
+def bare_round(bare: "BareStep", steps: int, timer: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds per step of `steps` bare-loop steps."""
+    t0 = timer()
+    for _ in range(steps):
+        bare()
+    return (timer() - t0) / steps
+
+
+def mirror_check(mitigation: str, T: int = 30, hidden: int = 16, steps: int = 3) -> None:
+    """Raise if EngineStep no longer reproduces train()'s losses and gradient norms."""
+    from .train import train
+
+    # the global RNG is seeded for both: bn_*/ln_* models keep nn.Linear's default head bias,
+    # drawn from the global RNG (init_model skips every 1-d parameter of a NormRecurrence model)
+    torch.manual_seed(1234)
+    rec = train(harness_spec(mitigation, T, hidden, steps, batch=16, heldout_size=64, probe_size=8))
+    torch.manual_seed(1234)
+    eng = EngineStep(mitigation, T, hidden, batch=16, heldout_size=64)
+    for _ in range(steps):
+        eng()
+    got, want = eng.gnorms, rec["grad_norm"]["trace"]
+    ok = all(math.isclose(a, b, rel_tol=2e-3, abs_tol=1e-6) for a, b in zip(got, want)) and len(want) == steps
+    ok = ok and math.isclose(eng.losses[-1], rec["final"]["train_loss"], rel_tol=1e-4, abs_tol=1e-7)
+    if not ok:
+        raise AssertionError(f"bench.perf.EngineStep diverges from bench.train.train for {mitigation}: "
+                             f"grad norms {got} vs {want}, last loss {eng.losses[-1]} vs "
+                             f"{rec['final']['train_loss']}; update EngineStep to the engine's step")
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing helpers
+# ---------------------------------------------------------------------------------------------
+class Interleaved:
+    """A pedantic `setup` that times one call of each of `fns` ({name: fn}) before every round,
+    so a benchmark's references are measured interleaved with it (same load), not minutes apart."""
+
+    def __init__(self, fns: Dict[str, Callable[[], object]], warmup: int,
+                 timer: Callable[[], float] = time.perf_counter):
+        self.fns, self.warmup, self.timer = fns, warmup, timer
+        self.times: Dict[str, List[float]] = {k: [] for k in fns}
+
+    def __call__(self):
+        for k, fn in self.fns.items():
+            t0 = self.timer()
+            fn()
+            self.times[k].append(self.timer() - t0)
+
+    def measured(self, name: str) -> List[float]:
+        return self.times[name][self.warmup:]
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# ---------------------------------------------------------------------------------------------
+# From a pytest-benchmark JSON to ratios and targets
+# ---------------------------------------------------------------------------------------------
+def _size(b):
+    e = b["extra_info"]
+    return f"h{e['hidden']}-T{e['T']}"
+
+
+def collect(bench_json: dict) -> Dict[str, dict]:
+    """{name: benchmark} for this suite's benchmarks (extra_info['kind'] set)."""
+    out = {}
+    for b in bench_json.get("benchmarks", []):
+        e = b.get("extra_info") or {}
+        if "kind" in e:
+            out[b["name"]] = b
+    return out
+
+
+def ratios(bench_json: dict) -> Dict[str, dict]:
+    """The tracked ratios: {key: {"value", "nodes" (test node ids to re-run), "what"}}.
+
+    step/<size>/<m>      median step(m) / median interleaved reference (bare nn.LSTM, same size)
+    scaling/h<H>/<m>     median step(m, T=1000) / median step(m, T=100) (both normalised by
+                         their reference: T=1000's reference/T=100's reference multiplies it back)
+    harness/<size>/<m>   median train() loop step / median matched bare-loop step (fused)
+    snapshot/<size>/<m>  median diagnostics snapshot / median matched bare-loop step
+    """
+    bs = collect(bench_json)
+    out: Dict[str, dict] = {}
+    for b in bs.values():
+        e = b["extra_info"]
+        size = _size(b)
+        if e["kind"] in ("step", "cellloop"):
+            ref = median(e["ref_times"])
+            r = b["stats"]["median"] / ref
+            out[f"step/{size}/{e['name']}"] = {"value": r, "nodes": [b["fullname"]],
+                                               "median_s": b["stats"]["median"], "ref_s": ref}
+        elif e["kind"] == "harness":
+            bare = median(e["bare_step"])
+            out[f"harness/{size}/{e['name']}"] = {"value": median(e["loop_step"]) / bare, "nodes": [b["fullname"]],
+                                                  "median_s": median(e["loop_step"]), "ref_s": bare}
+            out[f"snapshot/{size}/{e['name']}"] = {"value": median(e["snap_each"]) / bare, "nodes": [b["fullname"]],
+                                                   "median_s": median(e["snap_each"]), "ref_s": bare}
+    for b in bs.values():
+        e = b["extra_info"]
+        if e.get("short_times"):
+            out[f"scaling/h{e['hidden']}/{e['name']}"] = {
+                "value": b["stats"]["median"] / median(e["short_times"]), "nodes": [b["fullname"]],
+                "median_s": b["stats"]["median"], "ref_s": median(e["short_times"])}
+    return out
+
+
+def targets(bench_json: dict) -> List[dict]:
+    """Rows {target, size, name, value, limit, verdict, note} for the issue's absolute targets."""
+    bs = collect(bench_json)
+    rows = []
+
+    def row(target, size, name, value, limit, note="", strict=False):
+        ok = value is not None and (value < limit if strict else value <= limit)
+        verdict = "n/a" if value is None else ("PASS" if ok else "MISS")
+        rows.append({"target": target, "size": size, "name": name, "value": value, "limit": limit,
+                     "verdict": verdict, "note": note})
+
+    steps = {}
+    for b in bs.values():
+        e = b["extra_info"]
+        if e["kind"] in ("step", "cellloop"):
+            steps[(e["hidden"], e["T"], e["name"])] = b["stats"]["median"] / median(e["ref_times"])
+    # T1: harness loop and whole run (projected to the default budget, evaluation excluded)
+    for b in sorted(bs.values(), key=lambda b: (b["extra_info"]["T"], b["extra_info"]["hidden"], b["name"])):
+        e = b["extra_info"]
+        if e["kind"] != "harness":
+            continue
+        size, bare = _size(b), median(e["bare_step"])
+        row("T1 loop", size, e["name"], median(e["loop_step"]) / bare, T1_MAX,
+            f"train() loop {median(e['loop_step']) * 1e3:.1f} ms/step vs bare {bare * 1e3:.1f} ms")
+        n = DEFAULT_BUDGET
+        run = median(e["setup"]) + median(e["snap_each"]) * 5 + n * median(e["loop_step"])
+        row("T1 run@1000", size, e["name"], run / (n * bare), T1_MAX,
+            f"projected: setup {median(e['setup']) * 1e3:.0f} ms + 5 snapshots x {median(e['snap_each']) * 1e3:.0f} ms "
+            f"+ {n} loop steps, eval excluded")
+    # T2: custom cells vs fused nn.LSTM (<= 1.5x) and vs a plain cell loop (faster)
+    for (H, T, name), r in sorted(steps.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+        if name in CELL_LOOPS or is_fused(name):
+            continue
+        size = f"h{H}-T{T}"
+        row("T2 vs LSTM", size, name, r, T2_MAX, "step / bare nn.LSTM step")
+        loop = "lstmcell" if family_of(name) == "lstm" else "rnncell"
+        if (H, T, loop) in steps:
+            row("T2 vs cell loop", size, name, r / steps[(H, T, loop)], 1.0,
+                f"step / plain nn.{'LSTMCell' if loop == 'lstmcell' else 'RNNCell'} loop step (both / reference)",
+                strict=True)
+    # T3: linear in T (the T=1000 step against the same mitigation's T=100 step, interleaved)
+    for b in sorted(bs.values(), key=lambda b: (b["extra_info"]["hidden"], b["name"])):
+        e = b["extra_info"]
+        if not e.get("short_times"):
+            continue
+        short = median(e["short_times"])
+        row("T3 T=1000/T=100", f"h{e['hidden']}", e["name"], b["stats"]["median"] / short, T3_MAX,
+            f"{short * 1e3:.1f} ms -> {b['stats']['median'] * 1e3:.0f} ms (T={e['short_T']} interleaved)")
+    # T3 also inside train(): loop step at T=1000 / at T=100 from the harness runs (other rounds)
+    loops = {(b["extra_info"]["hidden"], b["extra_info"]["T"], b["extra_info"]["name"]): median(b["extra_info"]["loop_step"])
+             for b in bs.values() if b["extra_info"]["kind"] == "harness"}
+    for (H, T, name), v in sorted(loops.items()):
+        if T == 1000 and (H, 100, name) in loops:
+            row("T3 in train()", f"h{H}", name, v / loops[(H, 100, name)], T3_MAX,
+                f"train() loop {loops[(H, 100, name)] * 1e3:.1f} ms -> {v * 1e3:.0f} ms (harness runs, not interleaved)")
+    # T4: diagnostics share of a default run (measured), and projected from the harness runs
+    for b in bs.values():
+        e = b["extra_info"]
+        if e["kind"] == "default_run":
+            row("T4 diag share", _size(b), e["name"], e["diagnostics_s"] / e["wall_s"], T4_MAX,
+                f"measured default run: {e['steps']} steps ({e['outcome']}), diagnostics {e['diagnostics_s']:.2f} s "
+                f"of {e['wall_s']:.1f} s")
+    for b in bs.values():
+        e = b["extra_info"]
+        if e["kind"] != "harness":
+            continue
+        n, ev = DEFAULT_BUDGET, DEFAULT_BUDGET // DEFAULT_EVAL_EVERY
+        diag = 5 * median(e["snap_each"])
+        total = median(e["setup"]) + diag + n * median(e["loop_step"]) + ev * median(e["eval"])
+        row("T4 diag share", _size(b), e["name"], diag / total, T4_MAX,
+            f"projected to budget {n}, eval every {DEFAULT_EVAL_EVERY}: 5 x {median(e['snap_each']) * 1e3:.0f} ms "
+            f"of {total:.0f} s")
+    return rows

@@ -1,0 +1,273 @@
+#!/usr/bin/env python
+"""Check a pytest-benchmark JSON of perf/test_perf.py against the committed baseline of ratios.
+
+    python perf/check.py RESULT.json                  # compare with perf/baseline.json (retry once)
+    python perf/check.py RESULT.json --save-baseline  # write RESULT's ratios into the baseline
+    python perf/check.py --compare A.json B.json      # B (e.g. a new commit) against A, no retry
+
+Every tracked value is a ratio of two medians measured in the same run (bench.perf.ratios): a
+step against the interleaved bare nn.LSTM reference of the same size, T=1000 against T=100, the
+train() loop against the bare loop, a diagnostics snapshot against a bare step. Larger = slower.
+A ratio regresses when it exceeds baseline * (1 + tolerance). Each regressed measurement is
+re-run once (its pytest node, same clock) and only fails if it regresses again. Exit status: 0
+ok, 1 regression, 2 usage error. The issue's absolute targets are printed and written to
+perf/last_results.md as PASS/MISS; they do not change the exit status unless --fail-on-miss.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.perf import ratios, targets  # noqa: E402
+
+BASELINE = ROOT / "perf" / "baseline.json"
+REPORT = ROOT / "perf" / "last_results.md"
+DEFAULT_TOL = 0.25
+
+
+def load(path) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        sys.exit(f"perf/check.py: cannot read benchmark JSON {path}: {e}")
+
+
+def verdict(value: float, base, tol: float) -> str:
+    if base is None:
+        return "new"
+    if value > base * (1 + tol):
+        return "REGRESSED"
+    if value < base / (1 + tol):
+        return "improved"
+    return "ok"
+
+
+def table(rows, headers) -> str:
+    cols = [headers] + [[str(c) for c in r] for r in rows]
+    w = [max(len(r[i]) for r in cols) for i in range(len(headers))]
+    line = lambda r: "| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |"  # noqa: E731
+    return "\n".join([line(headers), "|" + "|".join("-" * (x + 2) for x in w) + "|"] + [line(r) for r in cols[1:]])
+
+
+def compare_rows(cur: dict, base: dict, tol: float, retried=()):
+    rows, bad = [], []
+    for key in sorted(cur):
+        v, b = cur[key]["value"], base.get(key)
+        vd = verdict(v, b, tol)
+        if vd == "REGRESSED":
+            bad.append(key)
+        change = "" if b is None else f"{(v / b - 1) * 100:+.0f}%"
+        rows.append([key, f"{cur[key]['median_s'] * 1e3:.2f}", f"{cur[key]['ref_s'] * 1e3:.2f}", f"{v:.3f}",
+                     "-" if b is None else f"{b:.3f}", change, vd + (" (after retry)" if key in retried else "")])
+    return rows, bad
+
+
+HEAD = ["ratio", "median ms", "ref ms", "ratio now", "baseline", "change", "verdict"]
+
+
+def rerun(nodes, timer: str) -> dict:
+    """Run the given pytest nodes again (same clock and environment) and return their JSON."""
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "retry.json"
+        cmd = [sys.executable, "-m", "pytest", *nodes, "-q", "-p", "no:cacheprovider",
+               f"--benchmark-json={out}", f"--benchmark-timer=time.{timer}"]
+        print("retrying:", " ".join(cmd), flush=True)
+        r = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if r.returncode != 0 or not out.exists():
+            print(r.stdout[-4000:])
+            print("retry run failed: counting the regressions as confirmed")
+            return {"benchmarks": []}
+        return load(out)
+
+
+def merge(data: dict, new: dict) -> dict:
+    """`data` with the benchmarks of `new` replacing those of the same node."""
+    repl = {b["fullname"]: b for b in new.get("benchmarks", [])}
+    out = dict(data)
+    out["benchmarks"] = [repl.pop(b["fullname"], b) for b in data["benchmarks"]] + list(repl.values())
+    return out
+
+
+def targets_md(data: dict):
+    rows = targets(data)
+    t = table([[r["target"], r["size"], r["name"], "-" if r["value"] is None else f"{r['value']:.3f}",
+                f"<= {r['limit']:g}" if r["limit"] != 1.0 or not r["target"].endswith("cell loop") else "< 1",
+                r["verdict"], r["note"]] for r in rows],
+              ["target", "size", "mitigation", "value", "limit", "verdict", "how"])
+    n_miss = sum(r["verdict"] == "MISS" for r in rows)
+    return t, rows, n_miss
+
+
+def summary_md(data: dict) -> str:
+    """Step medians (ms) and ratio to the interleaved bare nn.LSTM reference, one column per size."""
+    from bench.perf import collect, median
+
+    cells, sizes = {}, []
+    for b in collect(data).values():
+        e = b["extra_info"]
+        if e["kind"] not in ("step", "cellloop", "reference"):
+            continue
+        size = (e["hidden"], e["T"])
+        if size not in sizes:
+            sizes.append(size)
+        med = b["stats"]["median"] * 1e3
+        if e["kind"] == "reference":
+            cells[(e["name"] + " (alone)", size)] = f"{med:.1f}"
+        else:
+            cells[(e["name"], size)] = f"{med:.1f} ({b['stats']['median'] / median(e['ref_times']):.2f})"
+            ref = cells.setdefault(("ref:nn.LSTM (interleaved)", size), [])
+            ref.extend(e["ref_times"])
+    sizes.sort(key=lambda s: (s[1], s[0]))
+    for k, v in list(cells.items()):
+        if isinstance(v, list):
+            cells[k] = f"{median(v) * 1e3:.1f}"
+    names = list(dict.fromkeys(k[0] for k in cells))
+    names.sort(key=lambda n: (not n.startswith("ref:"), n))
+    rows = [[n] + [cells.get((n, s), "-") for s in sizes] for n in names]
+    return table(rows, ["step"] + [f"h{h} T{T}: ms (x LSTM)" for h, T in sizes])
+
+
+def malloc_of(data: dict) -> str:
+    for b in data.get("benchmarks", []):
+        m = (b.get("extra_info") or {}).get("malloc")
+        if m:
+            return m
+    return "default"
+
+
+def timer_of(data: dict) -> str:
+    for b in data.get("benchmarks", []):
+        return b.get("options", {}).get("timer", "perf_counter")
+    return "perf_counter"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("result", nargs="?", help="pytest-benchmark JSON (--benchmark-json) of perf/test_perf.py")
+    ap.add_argument("--baseline", default=str(BASELINE), help="baseline of ratios (default perf/baseline.json)")
+    ap.add_argument("--tolerance", type=float, default=None,
+                    help=f"allowed relative growth of a ratio (default: the baseline's, else {DEFAULT_TOL})")
+    ap.add_argument("--no-retry", action="store_true", help="fail at once, do not re-run regressed measurements")
+    ap.add_argument("--save-baseline", action="store_true",
+                    help="write the result's ratios into the baseline (merged with its other keys) and exit")
+    ap.add_argument("--replace", action="store_true", help="with --save-baseline: drop the keys not in the result")
+    ap.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="compare B against A (two commits)")
+    ap.add_argument("--report", default=str(REPORT), help="where to write the markdown results (default perf/last_results.md)")
+    ap.add_argument("--summary", action="store_true", help="print the table of step medians and exit")
+    ap.add_argument("--fail-on-miss", action="store_true", help="also exit 1 when an absolute target is missed")
+    a = ap.parse_args(argv)
+
+    if a.compare:
+        A, B = load(a.compare[0]), load(a.compare[1])
+        tol = a.tolerance if a.tolerance is not None else DEFAULT_TOL
+        ra, rb = ratios(A), ratios(B)
+        if malloc_of(A) != malloc_of(B):
+            print(f"WARNING: A was measured with malloc={malloc_of(A)}, B with malloc={malloc_of(B)}: "
+                  "T=1000 ratios are not comparable (see README)")
+        rows, bad = compare_rows(rb, {k: v["value"] for k, v in ra.items()}, tol)
+        print(f"B = {a.compare[1]} (commit {B.get('commit_info', {}).get('id', '?')[:10]}) against "
+              f"A = {a.compare[0]} (commit {A.get('commit_info', {}).get('id', '?')[:10]}), tolerance {tol:.0%}")
+        print(table(rows, ["ratio", "B median ms", "B ref ms", "B", "A", "change", "verdict"]))
+        print(f"\n{len(bad)} regressed: {', '.join(bad)}" if bad else "\nno regression")
+        return 1 if bad else 0
+
+    if not a.result:
+        ap.print_usage()
+        print("perf/check.py: give a result JSON, or --compare A.json B.json", file=sys.stderr)
+        return 2
+    data = load(a.result)
+    if a.summary:
+        print(summary_md(data))
+        return 0
+    cur = ratios(data)
+    if not cur:
+        print(f"perf/check.py: {a.result} holds no benchmark of perf/test_perf.py", file=sys.stderr)
+        return 2
+    bpath = Path(a.baseline)
+    baseline = json.loads(bpath.read_text()) if bpath.exists() else {"ratios": {}}
+    tol = a.tolerance if a.tolerance is not None else baseline.get("tolerance", DEFAULT_TOL)
+
+    if a.save_baseline:
+        new = {} if a.replace else dict(baseline.get("ratios", {}))
+        new.update({k: round(v["value"], 4) for k, v in cur.items()})
+        mi = data.get("machine_info", {})
+        baseline = {
+            "about": "Ratios of medians measured within one run (see perf/README.md); perf/check.py fails when "
+                     "a ratio exceeds baseline * (1 + tolerance) twice in a row.",
+            "tolerance": tol,
+            "measured": {"date": datetime.date.today().isoformat(),
+                         "commit": data.get("commit_info", {}).get("id"),
+                         "timer": timer_of(data),
+                         "malloc": malloc_of(data),
+                         "cpu": (mi.get("cpu") or {}).get("brand_raw"),
+                         "quick": os.environ.get("BENCH_PERF_QUICK", ""),
+                         "note": "2 shared CPU cores, noisy; torch.set_num_threads(1)"},
+            "ratios": dict(sorted(new.items())),
+        }
+        bpath.write_text(json.dumps(baseline, indent=1) + "\n")
+        print(f"wrote {len(cur)} ratios to {bpath} ({len(new)} in all)")
+        return 0
+
+    bm = baseline.get("measured", {}).get("malloc", "default")
+    if malloc_of(data) != bm:
+        print(f"perf/check.py: {a.result} was measured with malloc={malloc_of(data)} but the baseline with "
+              f"malloc={bm}; their ratios are not comparable. Run with BENCH_PERF_MALLOC={bm.split()[0]}, "
+              "or give another --baseline.", file=sys.stderr)
+        return 2
+    base = baseline.get("ratios", {})
+    rows, bad = compare_rows(cur, base, tol)
+    retried = ()
+    if bad and not a.no_retry:
+        print(table(rows, HEAD))
+        nodes = sorted({n for k in bad for n in cur[k]["nodes"]})
+        print(f"\n{len(bad)} ratio(s) beyond {tol:.0%}: {', '.join(bad)}; re-running {len(nodes)} measurement(s) once")
+        data = merge(data, rerun(nodes, timer_of(data)))
+        cur2 = ratios(data)
+        for k in bad:  # a retry that did not produce the key keeps the first value
+            cur[k] = cur2.get(k, cur[k])
+        retried = tuple(bad)
+        rows, bad = compare_rows(cur, base, tol, retried)
+
+    missing = sorted(set(base) - set(cur))
+    print(f"\nregression check: {len(cur)} ratios against {bpath.name} (tolerance {tol:.0%}, clock {timer_of(data)}, "
+          f"malloc {malloc_of(data)})")
+    print(table(rows, HEAD))
+    if missing:
+        print(f"({len(missing)} baseline ratios not measured in this run, e.g. full-mode sizes: not checked)")
+
+    tmd, trows, n_miss = targets_md(data)
+    print(f"\nabsolute targets (reported; {n_miss} MISS of {len(trows)}):")
+    print(tmd)
+    commit = data.get("commit_info", {})
+    md = [f"# Performance results ({data.get('datetime', '')})", "",
+          f"commit {commit.get('id', '?')}{' (dirty)' if commit.get('dirty') else ''}, clock `{timer_of(data)}`, "
+          f"malloc `{malloc_of(data)}`, "
+          f"result `{a.result}`, machine shared and noisy (2 cores).", "",
+          "## Absolute targets", "", tmd, "",
+          "## Step medians (ms) and ratio to the interleaved bare nn.LSTM step", "", summary_md(data), "",
+          f"## Ratios against the baseline (tolerance {tol:.0%})", "", table(rows, HEAD), ""]
+    Path(a.report).write_text("\n".join(md))
+    print(f"\nwrote {a.report}")
+    if bad:
+        print(f"\nFAIL: {len(bad)} ratio(s) regressed beyond {tol:.0%} of the baseline"
+              f"{'' if a.no_retry else ' after one retry'}: {', '.join(bad)}")
+        return 1
+    if a.fail_on_miss and n_miss:
+        print(f"\nFAIL (--fail-on-miss): {n_miss} absolute target(s) missed")
+        return 1
+    print("\nOK: no ratio regressed beyond the tolerance")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

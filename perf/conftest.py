@@ -1,0 +1,35 @@
+"""Fixtures of the performance suite (run explicitly: python -m pytest perf ...; see README.md)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from bench import perf
+
+# Reproducible allocator regime for the whole session (see bench.perf.configure_malloc);
+# BENCH_PERF_MALLOC=default measures glibc's adaptive default instead.
+perf.configure_malloc(os.environ.get("BENCH_PERF_MALLOC", "pinned"))
+
+
+def pytest_report_header(config):
+    return f"bench perf: malloc={perf.MALLOC_MODE}, quick={os.environ.get('BENCH_PERF_QUICK', '')!r}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Timings on a shared 2-core machine: always one intra-op thread."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def timer(request):
+    """The clock pytest-benchmark uses (--benchmark-timer), so that the interleaved references
+    and train()'s internal split are measured with the same clock as the benchmark itself."""
+    from pytest_benchmark.utils import load_timer
+
+    return load_timer(request.config.getoption("benchmark_timer")).target
