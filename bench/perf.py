@@ -1,6 +1,6 @@
 """Library code for the performance benchmarks in perf/ (see perf/README.md).
 
-Nothing here is used by training; it builds *steps* to time:
+Training uses only `configure_malloc` (the CLI's process setup); the rest builds *steps* to time:
 
 - `EngineStep`: one training step of a mitigation exactly as `bench.train.train`'s loop does it
   (training batch with the held-out disjointness check, forward, loss, backward, global gradient

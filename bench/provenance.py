@@ -51,6 +51,13 @@ def versions() -> dict:
             "bench": __version__}
 
 
+def _malloc_mode() -> str:
+    import sys as _sys
+
+    perf = _sys.modules.get("bench.perf")
+    return perf.MALLOC_MODE if perf is not None else "default"
+
+
 def provenance(device, threads) -> dict:
     import torch
 
@@ -64,6 +71,7 @@ def provenance(device, threads) -> dict:
         "threads": torch.get_num_threads(),
         "threads_requested": threads,
         "git_commit": git_commit(),
+        "malloc": _malloc_mode(),
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
