@@ -75,3 +75,33 @@ def figure_caption(name):
     shows bench.report's caption text, or the generic one for a figure without such a file."""
     own = os.path.join(workflow.basedir, "workflow", "report", f"{name}.rst")
     return f"../report/{name}.rst" if os.path.exists(own) else "../report/figure.rst"
+
+
+def _clear_stale_lock():
+    """A run killed with SIGKILL (or a lost machine) leaves .snakemake/locks behind, and the next
+    run would stop with LockException. On this host, when no other Snakemake process works in
+    this directory, such a lock is stale: remove it, so rerunning the same command resumes.
+    Only the main process does this (never a cluster job, which runs beside its main process)."""
+    locks = os.path.join(".snakemake", "locks")
+    if not workflow.is_main_process or not os.path.isdir("/proc") or not os.path.isdir(locks) or not os.listdir(locks):
+        return
+    here = os.path.realpath(os.getcwd())
+    mine = {os.getpid(), os.getppid()}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) in mine:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+            cwd = os.path.realpath(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if b"snakemake" in cmd and cwd == here:
+            return  # another Snakemake works here: its lock is real
+    import shutil
+
+    shutil.rmtree(locks, ignore_errors=True)
+    print("Removed a stale lock left by a killed run (no other Snakemake process works here).", file=sys.stderr)
+
+
+_clear_stale_lock()
