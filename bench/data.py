@@ -17,12 +17,15 @@ class TaskData:
         self.task = task
         self.device = torch.device(device)
         xh, yh = task.heldout(heldout_size)
-        keys = None if task.split_based else task.content_keys(xh)  # (n,) int64
-        self._key_tensor = keys
-        self.heldout_keys = None if keys is None else set(keys.tolist())
+        self._key_tensor = None if task.split_based else task.content_keys(xh)  # (n,) int64
         self.heldout_x, self.heldout_y = xh.to(self.device), yh.to(self.device)
         self.baseline = task.baseline(yh)
         self.gen = generator("train", task.name, task.length, seed)
+
+    @property
+    def heldout_keys(self):
+        """The held-out content keys as a set (None for split-based tasks)."""
+        return None if self._key_tensor is None else set(self._key_tensor.tolist())
 
     def train_batch(self, n: int):
         x, y = self.task.sample(n, self.gen)

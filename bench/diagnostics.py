@@ -40,13 +40,14 @@ def probe_loss(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return task.loss(out, y)
 
 
-def gradient_profile(model: SeqModel, task: Task, x, y) -> List[float]:
-    """||dL/dh_t|| (Frobenius over batch and units) for t = 0..T-1 on the batch (x, y)."""
+def gradient_profile(model: SeqModel, task: Task, x, y, gates: Optional[list] = None) -> List[float]:
+    """||dL/dh_t|| (Frobenius over batch and units) for t = 0..T-1 on the batch (x, y).
+    With `gates`, the same forward pass also appends each step's mean gate (see gate_profile)."""
     B, T, _ = x.shape
     H = model.rec.hidden
     probes = torch.zeros(T, B, H, device=x.device, dtype=x.dtype, requires_grad=True)
     with frozen_stats(model), torch.enable_grad():
-        out = model.forward_loop(x, probes=probes.unbind(0))
+        out = model.forward_loop(x, probes=probes.unbind(0), gates=gates)
         loss = probe_loss(task, out, y)
         (g,) = torch.autograd.grad(loss, probes, allow_unused=True)
     if g is None:
@@ -101,10 +102,12 @@ def gate_mean(model: SeqModel, x) -> Optional[float]:
 
 def snapshot(model: SeqModel, task: Task, x, y, step: int) -> Dict:
     """All diagnostics at one point of training."""
-    prof = gradient_profile(model, task, x, y)
+    gated = model.rec.family in ("lstm", "gru")
+    gate_steps: list = []
+    prof = gradient_profile(model, task, x, y, gates=gate_steps if gated else None)  # one pass for both
+    gates = torch.stack(gate_steps).detach().double().cpu().tolist() if gated else None
     first = task.seq_len - task.probe_window()
     rho, sigma = model.spectral()
-    gates = gate_profile(model, x)
     return {"step": step, "profile": prof, **fit_decay(prof, first),
             "spectral_radius": rho, "sigma_max": sigma,
             "gate_mean": None if gates is None else sum(gates) / len(gates), "gate_profile": gates}
