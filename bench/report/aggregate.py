@@ -257,7 +257,10 @@ def record_to_row(rec: Dict, path: str) -> Dict:
     row["diag_s"] = _num(tm.get("diagnostics_s"))
     row["wall_s"] = _num(tm.get("wall_s"))
     row["time_to_solve_s"] = _num(tm.get("time_to_solve_s"))
-    row["n_params_rec"] = n_recurrent_params(row["m_family"], spec.get("hidden"), row["t_n_in"])
+    # the record's own count (model.n_params_recurrent); the structural count for records without one
+    measured = (rec.get("model") or {}).get("n_params_recurrent")
+    row["n_params_rec"] = (float(measured) if measured is not None
+                           else n_recurrent_params(row["m_family"], spec.get("hidden"), row["t_n_in"]))
 
     prov = rec.get("provenance") or {}
     ver = prov.get("versions") or {}
