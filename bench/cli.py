@@ -140,7 +140,7 @@ def _training_process_setup() -> None:
     perf/README.md). BENCH_MALLOC=default keeps glibc's adaptive default."""
     import os
 
-    from .perf import configure_malloc
+    from .runtime import configure_malloc
 
     configure_malloc("default" if os.environ.get("BENCH_MALLOC") == "default" else "pinned")
 

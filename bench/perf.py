@@ -1,6 +1,6 @@
 """Library code for the performance benchmarks in perf/ (see perf/README.md).
 
-Training uses only `configure_malloc` (the CLI's process setup); the rest builds *steps* to time:
+Nothing here is used by training (the allocator setting is bench.runtime's); it builds *steps* to time:
 
 - `EngineStep`: one training step of a mitigation exactly as `bench.train.train`'s loop does it
   (training batch with the held-out disjointness check, forward, loss, backward, global gradient
@@ -28,6 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import runtime
+from .runtime import configure_malloc  # noqa: F401  (perf/conftest.py calls it from here)
+
 TASK = "adding"
 BATCH = 64
 SIZES_FULL = [(64, 100), (128, 100), (64, 1000), (128, 1000)]
@@ -50,33 +53,11 @@ DEFAULT_BUDGET = 1000  # RunSpec defaults, used to project whole-run figures
 DEFAULT_EVAL_EVERY = 50
 
 
-MALLOC_MODE = "default"  # set by configure_malloc (perf/conftest.py)
-
-
-def configure_malloc(mode: str) -> str:
-    """glibc's malloc adapts its mmap/trim thresholds to the history of the process, and large
-    per-step buffers (nn.LSTM at T=1000: ~300 MB of fresh pages per step) are then either reused
-    or mmapped and page-faulted anew each step: the same step measured 145, 228 or 300 ms
-    depending on which benchmarks ran before it. "pinned" fixes the regime (no mmap, never trim:
-    freed memory is reused, no page faults) so that ratios are reproducible; "default" leaves
-    glibc as the engine gets it. Returns the mode in effect."""
-    global MALLOC_MODE
-    if mode not in ("pinned", "default"):
-        raise ValueError(f"BENCH_PERF_MALLOC must be 'pinned' or 'default', got {mode!r}")
-    if mode == "pinned":
-        import ctypes
-        import ctypes.util
-
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-            ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
-        except (OSError, AttributeError):
-            ok = False
-        if not ok:
-            mode = "default (mallopt unavailable)"
-    MALLOC_MODE = mode
-    return mode
+def __getattr__(name):
+    # the allocator mode lives in bench.runtime (training processes set it too)
+    if name == "MALLOC_MODE":
+        return runtime.MALLOC_MODE
+    raise AttributeError(name)
 
 
 def family_of(mitigation: str) -> str:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import runtime
+
 
 @functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
@@ -51,13 +53,6 @@ def versions() -> dict:
             "bench": __version__}
 
 
-def _malloc_mode() -> str:
-    import sys as _sys
-
-    perf = _sys.modules.get("bench.perf")
-    return perf.MALLOC_MODE if perf is not None else "default"
-
-
 def provenance(device, threads) -> dict:
     import torch
 
@@ -71,7 +66,7 @@ def provenance(device, threads) -> dict:
         "threads": torch.get_num_threads(),
         "threads_requested": threads,
         "git_commit": git_commit(),
-        "malloc": _malloc_mode(),
+        "malloc": runtime.MALLOC_MODE,
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
