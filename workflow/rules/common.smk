@@ -42,7 +42,7 @@ def _load_sweep():
 
 SWEEP = _load_sweep()
 
-from bench.report import CAPTIONS, FIGURE_NAMES  # after the config check: it imports matplotlib
+from bench.report.captions import CAPTIONS, FIGURE_NAMES  # names and captions only: no plotting stack
 
 # One record per run; one training job per cell writes the records of all its seeds.
 RUN_RECORD = "results/runs/{task}/T{length}/{mitigation}/lr-{lr}/seed{seed}.json"
