@@ -1,0 +1,200 @@
+"""Adam, RMSprop and SGD with torch.optim's defaults, for parameters on the CPU, without importing
+torch._dynamo.
+
+Why: constructing or stepping any torch.optim optimizer imports torch._dynamo (the
+`_disable_dynamo` / `_use_grad_for_differentiable` wrappers in torch/optim/optimizer.py), about
+1.3 s of every training process here, longer than a small cell trains. These classes repeat, op
+for op, what torch.optim runs for CPU tensors with default arguments: torch picks neither the
+foreach nor the fused implementation for CPU parameters (`_default_to_fused_or_foreach` allows
+foreach only on CUDA/XPU-like devices), so Adam runs `_single_tensor_adam`, RMSprop
+`_single_tensor_rmsprop` and SGD `_single_tensor_sgd`. The results are bit for bit the same
+(tests/test_optim.py checks every parameter after every step against torch.optim).
+
+`make_optimizer` hands out these classes only where that holds (real floating-point parameters,
+all on the CPU); anywhere else (CUDA) it returns torch.optim's own optimizer.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Dict, Iterable, List, Optional
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+__all__ = ["Adam", "RMSprop", "SGD", "make_optimizer", "plain_cpu_params"]
+
+
+class _Optimizer:
+    """One parameter group; `param_groups`, `state`, `zero_grad`, `step` and step hooks as in
+    torch.optim (the subset the training loop and the tests use)."""
+
+    def __init__(self, params: Iterable[torch.Tensor], defaults: Dict):
+        params = list(params)
+        if not params:
+            raise ValueError("optimizer got an empty parameter list")
+        if any(isinstance(p, dict) for p in params):
+            raise TypeError("bench.optim takes a flat iterable of tensors (one parameter group)")
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("a parameter appears twice in the parameter list")
+        self.defaults = dict(defaults)
+        self.param_groups: List[Dict] = [{"params": params, **self.defaults}]
+        self.state: Dict[torch.Tensor, Dict] = {}
+        self._step_pre_hooks: "OrderedDict[int, Callable]" = OrderedDict()
+        self._step_post_hooks: "OrderedDict[int, Callable]" = OrderedDict()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    if p.grad.grad_fn is not None:
+                        p.grad.detach_()
+                    else:
+                        p.grad.requires_grad_(False)
+                    p.grad.zero_()
+
+    def register_step_pre_hook(self, hook: Callable) -> RemovableHandle:
+        """hook(optimizer, args, kwargs) -> None or (new_args, new_kwargs), before every step."""
+        handle = RemovableHandle(self._step_pre_hooks)
+        self._step_pre_hooks[handle.id] = hook
+        return handle
+
+    def register_step_post_hook(self, hook: Callable) -> RemovableHandle:
+        """hook(optimizer, args, kwargs) -> None, after every step."""
+        handle = RemovableHandle(self._step_post_hooks)
+        self._step_post_hooks[handle.id] = hook
+        return handle
+
+    def step(self, *args, **kwargs):
+        for hook in list(self._step_pre_hooks.values()):
+            result = hook(self, args, kwargs)
+            if result is not None:
+                if not (isinstance(result, tuple) and len(result) == 2):
+                    raise RuntimeError(f"a step pre-hook must return None or (args, kwargs), got {result!r}")
+                args, kwargs = result
+        out = self._step(*args, **kwargs)
+        for hook in list(self._step_post_hooks.values()):
+            hook(self, args, kwargs)
+        return out
+
+    def _step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        if p.grad.is_sparse:
+                            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                        self._update(p, p.grad, self.state.setdefault(p, {}), group)
+        return loss
+
+    def _update(self, p, grad, state, group) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
+        return f"bench.optim.{type(self).__name__}({args})"
+
+
+class Adam(_Optimizer):
+    """torch.optim.Adam(params, lr) with its defaults (betas (0.9, 0.999), eps 1e-8, no weight
+    decay, no amsgrad): `_single_tensor_adam` on the CPU path."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"Invalid beta parameters: {betas}")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
+
+    def _update(self, p, grad, state, group) -> None:
+        if not state:
+            state["step"] = 0.0
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        beta1, beta2 = group["betas"]
+        lr, eps = group["lr"], group["eps"]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        # torch keeps the count in a float32 tensor and reads it back with .item(): the same
+        # integer-valued float while the count is below 2**24
+        state["step"] += 1.0
+        step = state["step"]
+
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2 = 1 - beta2 ** step
+        step_size = lr / bias_correction1
+        bias_correction2_sqrt = bias_correction2 ** 0.5
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        p.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+class RMSprop(_Optimizer):
+    """torch.optim.RMSprop(params, lr) with its defaults (alpha 0.99, eps 1e-8, no momentum, not
+    centered, no weight decay): `_single_tensor_rmsprop` on the CPU path."""
+
+    def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8):
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= alpha:
+            raise ValueError(f"Invalid alpha value: {alpha}")
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps})
+
+    def _update(self, p, grad, state, group) -> None:
+        if not state:
+            state["step"] = 0.0
+            state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        alpha, lr, eps = group["alpha"], group["lr"], group["eps"]
+        state["step"] += 1.0
+        square_avg = state["square_avg"]
+        square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+        avg = square_avg.sqrt().add_(eps)
+        p.addcdiv_(grad, avg, value=-lr)
+
+
+class SGD(_Optimizer):
+    """torch.optim.SGD(params, lr) with its defaults (no momentum, dampening or weight decay):
+    `_single_tensor_sgd` on the CPU path."""
+
+    def __init__(self, params, lr: float = 1e-3):
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        super().__init__(params, {"lr": lr})
+
+    def _update(self, p, grad, state, group) -> None:
+        p.add_(grad, alpha=-group["lr"])
+
+
+OPTIMIZERS = {"adam": Adam, "rmsprop": RMSprop, "sgd": SGD}
+
+
+def plain_cpu_params(params: List[torch.Tensor]) -> bool:
+    """True when torch.optim would take its single-tensor path for `params` with default
+    arguments: plain tensors or Parameters (no subclasses), real floating point, all on the CPU."""
+    return bool(params) and all(
+        type(p) in (torch.Tensor, torch.nn.Parameter) and p.device.type == "cpu" and p.is_floating_point()
+        for p in params)
+
+
+def make_optimizer(name: str, params, lr: float):
+    """`name` in adam / rmsprop / sgd, at learning rate `lr`, other settings torch's defaults.
+    CPU parameters get the dynamo-free twin above; any other device torch.optim itself."""
+    params = list(params)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    if plain_cpu_params(params):
+        return OPTIMIZERS[name](params, lr=lr)
+    # torch.optim imports torch._dynamo when the optimizer is built
+    return {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}[name](params, lr=lr)
