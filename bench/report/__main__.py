@@ -17,9 +17,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--runs-parquet", required=True)
     a.add_argument("--runs-csv", required=True)
     a.add_argument("--summary-csv", required=True)
+    a.add_argument("--jobs-list", default=None,
+                   help="JSON list of the training jobs: {job, benchmark (Snakemake's TSV), records}")
+    a.add_argument("--jobs-csv", default=None, help="one row per training job: wall time, run time, overhead")
     r = sub.add_parser("render", help="runs.parquet -> one self-contained HTML report + figure PNGs")
     r.add_argument("--runs", required=True, help="runs.parquet written by `aggregate`")
     r.add_argument("--config", default=None, help="the config used (YAML), shown in the provenance section")
+    r.add_argument("--jobs", default=None, help="jobs.csv written by `aggregate` (the pipeline overhead)")
     r.add_argument("--out", required=True, help="the HTML file to write")
     r.add_argument("--figures-dir", default=None, help="also write every figure as <dir>/<name>.png")
     return p
@@ -42,6 +46,22 @@ def main(argv: Optional[List[str]] = None) -> int:
             n_err = int((df["outcome"] == "error").sum())
             print(f"aggregated {len(df)} records ({n_err} errors) -> {args.runs_parquet}, {args.runs_csv}, "
                   f"{args.summary_csv} ({len(s)} summary rows)", file=sys.stderr)
+            if args.jobs_csv:
+                from pathlib import Path
+
+                from .aggregate import jobs_table, overhead_summary, read_jobs_list
+
+                try:
+                    jobs = read_jobs_list(args.jobs_list) if args.jobs_list else []
+                except (OSError, ValueError) as e:
+                    raise BenchError(f"cannot read the jobs list {args.jobs_list}: {e}") from None
+                jt = jobs_table(jobs, df)
+                Path(args.jobs_csv).parent.mkdir(parents=True, exist_ok=True)
+                jt.to_csv(args.jobs_csv, index=False)
+                o = overhead_summary(jt)
+                print(f"{len(jt)} training jobs -> {args.jobs_csv}; overhead {o['overhead_s']:.1f} s of "
+                      f"{o['job_wall_s']:.1f} s job time ({o['share']:.1%}) over {o['n_used']} jobs with timings",
+                      file=sys.stderr)
             return 0
         from .aggregate import read_runs
         from .render import render_report
@@ -51,7 +71,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             df = read_runs(args.runs)
         except (OSError, ValueError) as e:
             raise BenchError(f"cannot read the results table {args.runs}: {e}") from None
-        out = render_report(df, args.out, config=args.config, figures_dir=args.figures_dir)
+        out = render_report(df, args.out, config=args.config, figures_dir=args.figures_dir, jobs=args.jobs)
         print(f"report -> {out} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
         return 0
     except BenchError as e:

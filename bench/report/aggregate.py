@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 import warnings
@@ -490,3 +491,114 @@ def read_records_list(path) -> List[str]:
     """The --records-list file: one record path per line (blank lines and '#' comments skipped)."""
     lines = Path(path).read_text().splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
+# -- pipeline overhead: one row per training job ------------------------------------------------
+OVERHEAD_TARGET = 0.10  # the issue's target: pipeline overhead at most 10% of total job time
+JOB_COLUMNS = ["job", "n_records", "n_timed", "job_wall_s", "run_wall_s", "overhead_s", "overhead_frac",
+               "run_work_s", "cpu_s", "max_rss_mb", "status", "benchmark"]
+JOB_OK = "ok"
+JOB_NO_BENCHMARK = "no benchmark file"
+JOB_UNTIMED = "record without timing"
+JOB_INCONSISTENT = "runs longer than the job"
+
+
+def read_benchmark(path) -> Dict[str, float]:
+    """Snakemake's `benchmark:` file of one job (TSV, a header and one row per repeat): the job's
+    wall seconds (`s`), CPU seconds (`cpu_time`) and peak RSS (`max_rss`, MB), means over the
+    rows; {} when the file is missing or unreadable."""
+    try:
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError):
+        return {}
+    if len(lines) < 2:
+        return {}
+    head = lines[0].split("\t")
+    rows = [dict(zip(head, ln.split("\t"))) for ln in lines[1:]]
+    out = {}
+    for key, col in (("job_wall_s", "s"), ("cpu_s", "cpu_time"), ("max_rss_mb", "max_rss")):
+        vals = [_num(r.get(col)) for r in rows]
+        vals = [v for v in vals if np.isfinite(v)]
+        if vals:
+            out[key] = float(np.mean(vals))
+    return out if "job_wall_s" in out else {}
+
+
+def jobs_table(jobs: Iterable[Dict], runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per training job: `jobs` holds {"job": name, "benchmark": TSV path, "records":
+    [record paths]} (the pipeline writes results/aggregate/jobs.json); `runs` is the runs table,
+    whose rows are matched to the jobs by record path.
+
+    job_wall_s is the job's wall time as Snakemake measured it (shell, Python start, imports, every
+    seed's run, writing the records, exit); run_wall_s the sum of its records' timing.wall_s (each
+    run from its start to its end, inside the process); overhead_s = job_wall_s - run_wall_s.
+    run_work_s sums train_s + eval_s + diagnostics_s only (without each run's data and model
+    setup). status says whether the row can count towards the overhead share: 'ok', or why not."""
+    key = lambda p: os.path.normpath(str(p))  # noqa: E731
+    by_path = {}
+    if not runs.empty:
+        work = runs[["train_s", "eval_s", "diag_s"]].sum(axis=1, min_count=3)
+        for path, wall, w in zip(runs["record_path"], runs["wall_s"], work):
+            by_path[key(path)] = (_num(wall), _num(w))
+    rows = []
+    for j in jobs:
+        recs = [by_path.get(key(p), (float("nan"), float("nan"))) for p in j.get("records") or []]
+        walls = [w for w, _ in recs if np.isfinite(w)]
+        works = [w for _, w in recs if np.isfinite(w)]
+        bench = read_benchmark(j["benchmark"]) if j.get("benchmark") else {}
+        row = {"job": j.get("job"), "n_records": len(recs), "n_timed": len(walls),
+               "job_wall_s": bench.get("job_wall_s", float("nan")),
+               "run_wall_s": float(sum(walls)) if walls else float("nan"),
+               "run_work_s": float(sum(works)) if len(works) == len(recs) and recs else float("nan"),
+               "cpu_s": bench.get("cpu_s", float("nan")), "max_rss_mb": bench.get("max_rss_mb", float("nan")),
+               "benchmark": j.get("benchmark")}
+        row["overhead_s"] = row["job_wall_s"] - row["run_wall_s"] if walls else float("nan")
+        if not bench:
+            row["status"] = JOB_NO_BENCHMARK
+        elif len(walls) < len(recs) or not recs:
+            row["status"] = JOB_UNTIMED  # an error, corrupt or missing record: its run time is unknown
+        elif row["overhead_s"] < 0:
+            row["status"] = JOB_INCONSISTENT  # benchmark and records from different runs
+        else:
+            row["status"] = JOB_OK
+        with np.errstate(divide="ignore", invalid="ignore"):
+            row["overhead_frac"] = (row["overhead_s"] / row["job_wall_s"]
+                                    if row["job_wall_s"] and np.isfinite(row["job_wall_s"]) else float("nan"))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=JOB_COLUMNS)
+
+
+def overhead_summary(jobs: Optional[pd.DataFrame], target: float = OVERHEAD_TARGET) -> Dict:
+    """The pipeline's overhead share over the jobs with status 'ok':
+    share = sum(job_wall_s - run_wall_s) / sum(job_wall_s); `met` is share <= target, None when
+    no job can be counted. The 'strict' share also counts each run's data and model setup:
+    sum(job_wall_s - run_work_s) / sum(job_wall_s)."""
+    out = {"target": target, "n_jobs": 0, "n_used": 0, "excluded": {}, "job_wall_s": float("nan"),
+           "run_wall_s": float("nan"), "overhead_s": float("nan"), "share": float("nan"), "strict_share": float("nan"),
+           "median_overhead_s": float("nan"), "mean_job_wall_s": float("nan"), "met": None}
+    if jobs is None or jobs.empty:
+        return out
+    out["n_jobs"] = len(jobs)
+    ok = jobs[jobs["status"] == JOB_OK]
+    out["excluded"] = {str(k): int(v) for k, v in jobs.loc[jobs["status"] != JOB_OK, "status"].value_counts().items()}
+    out["n_used"] = len(ok)
+    if ok.empty:
+        return out
+    wall, run = float(ok["job_wall_s"].sum()), float(ok["run_wall_s"].sum())
+    out.update(job_wall_s=wall, run_wall_s=run, overhead_s=wall - run,
+               share=(wall - run) / wall if wall > 0 else float("nan"),
+               median_overhead_s=float(ok["overhead_s"].median()), mean_job_wall_s=wall / len(ok))
+    strict = ok[np.isfinite(ok["run_work_s"])]
+    if len(strict) == len(ok) and wall > 0:
+        out["strict_share"] = float((strict["job_wall_s"] - strict["run_work_s"]).sum()) / wall
+    if np.isfinite(out["share"]):
+        out["met"] = bool(out["share"] <= target)
+    return out
+
+
+def read_jobs_list(path) -> List[Dict]:
+    """The --jobs-list file: a JSON list of {"job", "benchmark", "records"}."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, list) or not all(isinstance(j, dict) and "records" in j for j in data):
+        raise BenchError(f"{path}: expected a JSON list of {{job, benchmark, records}} objects")
+    return data

@@ -1,7 +1,8 @@
-"""runs.parquet (+ the config used) -> one self-contained HTML report and one PNG per figure.
+"""runs.parquet (+ the config used, + jobs.csv) -> one self-contained HTML report and one PNG per figure.
 
 The report is a pure function of the results table: nothing is trained or read besides the
-table and, for provenance, the config file. Figures are embedded as base64 PNG; the page has no
+table, for provenance the config file and, for the pipeline overhead, the per-job timings
+(jobs.csv; without it the report says the overhead cannot be computed). Figures are embedded as base64 PNG; the page has no
 external CSS, scripts or fonts.
 """
 from __future__ import annotations
@@ -9,14 +10,14 @@ from __future__ import annotations
 import base64
 import datetime
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from . import claims as C
-from .aggregate import lr_table, mark_lr_chosen, summarize
+from .aggregate import JOB_OK, lr_table, mark_lr_chosen, overhead_summary, summarize
 from .figures import CAPTIONS, FIGURE_NAMES, make_figures, mitigation_order
 
 SECTION_IDS = ("summary", "success", "time-to-solve", "gradient-flow", "gradient-norms", "timings", "claims",
@@ -251,6 +252,57 @@ def timing_table(D: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def load_jobs(jobs) -> Tuple[Optional[pd.DataFrame], str]:
+    """`jobs` (a jobs.csv path, a DataFrame or None) -> (table or None, why there is none)."""
+    if jobs is None:
+        return None, "no job timings were given (results/jobs.csv, which the pipeline's aggregate step writes " \
+                     "from Snakemake's benchmark files)"
+    if isinstance(jobs, pd.DataFrame):
+        return jobs, ""
+    try:
+        return pd.read_csv(jobs), ""
+    except (OSError, ValueError) as e:
+        return None, f"the job timings {jobs} could not be read ({type(e).__name__}: {e})"
+
+
+def overhead_sentences(o: Dict, why_none: str = "") -> List[str]:
+    """The pipeline-overhead paragraph, computed from overhead_summary(); the verdict is
+    share <= target ('met') or not, and says so when nothing can be counted."""
+    pct = f"{o['target']:.0%}"
+    if o["n_jobs"] == 0:
+        return [f"The pipeline overhead cannot be computed: {why_none or 'the jobs table has no rows'}."]
+    left = ", ".join(f"{n} {status}" for status, n in sorted(o["excluded"].items()))
+    if o["n_used"] == 0:
+        return [f"The pipeline overhead cannot be computed: none of the {_n(o['n_jobs'], 'training job')} has "
+                f"both a Snakemake benchmark file and a run time in every record ({left}). Records copied from "
+                f"elsewhere (or a benchmarks/ folder removed) carry no job timings."]
+    verdict = "met" if o["met"] else "not met"
+    out = [f"Pipeline overhead (shell and Python start, imports, writing the records, process exit: the time a "
+           f"training job spends outside its runs): {o['overhead_s']:.1f} s of {o['job_wall_s']:.1f} s of job time "
+           f"over {_n(o['n_used'], 'training job')}, a share of {o['share']:.1%} "
+           f"(target at most {pct}: {verdict}). Per job: median {o['median_overhead_s']:.2f} s of overhead, mean "
+           f"job {o['mean_job_wall_s']:.1f} s."]
+    if np.isfinite(o["strict_share"]):
+        out.append(f"Counting each run's own setup as overhead too (held-out data, model construction, imports "
+                   f"on first use; job time minus training, evaluation and diagnostics time): "
+                   f"{o['strict_share']:.1%}.")
+    if left:
+        out.append(f"Left out of the share: {left} (of {_n(o['n_jobs'], 'job')}).")
+    out.append("Job time is Snakemake's benchmark of each training job; Snakemake's own start and its "
+               "scheduling between jobs are not in it.")
+    return out
+
+
+def overhead_table(jobs: Optional[pd.DataFrame], n: int = 10) -> pd.DataFrame:
+    """The `n` counted jobs with the largest overhead share."""
+    if jobs is None or jobs.empty:
+        return pd.DataFrame()
+    ok = jobs[jobs["status"] == JOB_OK].sort_values("overhead_frac", ascending=False).head(n)
+    return ok[["job", "n_records", "job_wall_s", "run_wall_s", "overhead_s", "overhead_frac"]].rename(columns={
+        "n_records": "runs", "job_wall_s": "job wall (s)", "run_wall_s": "runs' wall (s)", "overhead_s": "overhead (s)",
+        "overhead_frac": "overhead share"})
+
+
 def provenance_info(df: pd.DataFrame, config_text: Optional[str], config_path: Optional[str]) -> Dict:
     def counts(col):
         if col not in df:
@@ -278,7 +330,12 @@ def provenance_info(df: pd.DataFrame, config_text: Optional[str], config_path: O
 
 
 # -- the page ---------------------------------------------------------------------------------
-def build_context(df: pd.DataFrame, config_text: Optional[str] = None, config_path: Optional[str] = None) -> Dict:
+def build_context(df: pd.DataFrame, config_text: Optional[str] = None, config_path: Optional[str] = None,
+                  jobs=None) -> Dict:
+    """`jobs`: the jobs table (DataFrame), a jobs.csv path, or None (the overhead paragraph then
+    says the job timings are missing)."""
+    jobs_df, why_none = load_jobs(jobs)
+    overhead = overhead_summary(jobs_df)
     if "lr_chosen" not in df:
         df = mark_lr_chosen(df)
     summary = summarize(df)
@@ -307,6 +364,9 @@ def build_context(df: pd.DataFrame, config_text: Optional[str] = None, config_pa
         "gradient_table": html_table(gradient_flow_table(D)),
         "gradnorm_table": html_table(grad_norm_table(D, df)),
         "timing_table": html_table(timing_table(D)),
+        "overhead": overhead,
+        "overhead_sentences": overhead_sentences(overhead, why_none),
+        "overhead_table": html_table(overhead_table(jobs_df)) if overhead["n_used"] else "",
         "claims": claims,
         "thresholds": [(k, v[0], v[1]) for k, v in C.THRESHOLDS.items()],
         "figs": {k: {"b64": base64.b64encode(v["png"]).decode("ascii"), "caption": v["caption"],
@@ -325,10 +385,11 @@ def render_html(ctx: Dict) -> str:
     return env.get_template("report.html.j2").render(**ctx)
 
 
-def render_report(df: pd.DataFrame, out_html, config=None, figures_dir=None) -> Path:
+def render_report(df: pd.DataFrame, out_html, config=None, figures_dir=None, jobs=None) -> Path:
     """Write the self-contained report to `out_html` and, if `figures_dir` is given, every figure
     as <figures_dir>/<name>.png (all of FIGURE_NAMES, placeholders included). `config` is the path
-    of the config used (YAML, shown verbatim in the provenance section) or None."""
+    of the config used (YAML, shown verbatim in the provenance section) or None; `jobs` the
+    per-job timings (jobs.csv path or DataFrame) for the pipeline overhead, or None."""
     config_text, config_path = None, None
     if config is not None:
         config_path = str(config)
@@ -336,7 +397,7 @@ def render_report(df: pd.DataFrame, out_html, config=None, figures_dir=None) -> 
             config_text = Path(config).read_text()
         except OSError as e:
             config_text = f"(could not read {config}: {e})"
-    ctx = build_context(df, config_text, config_path)
+    ctx = build_context(df, config_text, config_path, jobs=jobs)
     out_html = Path(out_html)
     out_html.parent.mkdir(parents=True, exist_ok=True)
     out_html.write_text(render_html(ctx), encoding="utf-8")

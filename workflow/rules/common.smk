@@ -1,5 +1,6 @@
 """Shared by the rules: the validated sweep (`SWEEP`), path patterns, wildcard constraints and
 input functions. The config is validated here, once, before any job is scheduled."""
+import json
 import os
 import re
 import sys
@@ -47,6 +48,7 @@ from bench.report.captions import CAPTIONS, FIGURE_NAMES  # names and captions o
 # One record per run; one training job per cell writes the records of all its seeds.
 RUN_RECORD = "results/runs/{task}/T{length}/{mitigation}/lr-{lr}/seed{seed}.json"
 CELL = "{task}/T{length}/{mitigation}/lr-{lr}"
+TRAIN_BENCHMARK = f"benchmarks/train/{CELL}.tsv"  # Snakemake's timing of each training job
 
 # Mitigation names hold '+', ':' and '.': the wildcards match exactly the configured names.
 wildcard_constraints:
@@ -60,6 +62,17 @@ wildcard_constraints:
 def all_records():
     return [RUN_RECORD.format(task=c.task, length=c.length, mitigation=c.mitigation, lr=c.lr, seed=s)
             for c in SWEEP.cells() for s in SWEEP.seeds]
+
+
+def train_jobs():
+    """One entry per training job: its cell, its benchmark file and its records (the aggregate
+    step's jobs table, for the pipeline overhead)."""
+    jobs = []
+    for c in SWEEP.cells():
+        w = dict(task=c.task, length=c.length, mitigation=c.mitigation, lr=c.lr)
+        jobs.append({"job": CELL.format(**w), "benchmark": TRAIN_BENCHMARK.format(**w),
+                     "records": [RUN_RECORD.format(**w, seed=s) for s in SWEEP.seeds]})
+    return jobs
 
 
 def train_flags(wildcards):

@@ -3,6 +3,7 @@ rule report:
     input:
         runs="results/runs.parquet",
         config="results/config_used.yaml",
+        jobs="results/jobs.csv",
     output:
         html=report("report/report.html", caption="../report/report_html.rst", category="Report"),
         figures=[
@@ -16,5 +17,5 @@ rule report:
         figures_dir=lambda wildcards, output: os.path.dirname(output.figures[0]),
         captions=CAPTIONS,  # read by the figure captions of `snakemake --report`
     shell:
-        "python -m bench.report render --runs {input.runs:q} --config {input.config:q}"
+        "python -m bench.report render --runs {input.runs:q} --config {input.config:q} --jobs {input.jobs:q}"
         " --out {output.html:q} --figures-dir {params.figures_dir:q} > {log:q} 2>&1"

@@ -11,7 +11,7 @@ rule train:
     log:
         f"logs/train/{CELL}.log",
     benchmark:
-        f"benchmarks/train/{CELL}.tsv"
+        TRAIN_BENCHMARK
     params:
         settings=train_flags,
         seeds=seeds_of_outputs,
