@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .normseq import NormSeq
+
 FAMILIES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
@@ -208,19 +210,49 @@ class NormRecurrence(Recurrence):
         return F.batch_norm(v, rm, rv, gain, bias, self.training, self.momentum, self.eps)
 
     # -----------------------------------------------------------------------------------
+    def _input_term(self, x):
+        """The input term of every step, time-major (T, B, G): normalized W_x x + b; for ln_rnn
+        the raw W_x x (normalized together with W_h h inside the step). Layer norm works on the
+        time-major layout directly; batch norm's per-step statistics need (B, T*G), then a view."""
+        G = self.w_hh.shape[0]
+        if self.norm == "bn":
+            return self._bn_seq(F.linear(x, self.w_ih), "x", self.gain_x, self.bias).transpose(0, 1)
+        xp = F.linear(x.transpose(0, 1), self.w_ih)
+        if self.family == "lstm":
+            return F.layer_norm(xp, (G,), self.gain_x, self.bias, self.eps)
+        return xp
+
     def forward(self, x, tbptt=None, no_grad_before: int = 0):
-        return self.loop(x, tbptt, no_grad_before=no_grad_before)
+        """The training path: one NormSeq call (hand-written backward) per truncation chunk;
+        chunks that start before `no_grad_before` run without autograd."""
+        B, T, _ = x.shape
+        H = self.hidden
+        xs = self._input_term(x)  # (T, B, G)
+        frozen = self.training and not self.update_stats
+        bn = self.norm == "bn"
+        lstm = self.family == "lstm"
+        cfg = dict(family=self.family, norm=self.norm, eps=self.eps, momentum=self.momentum,
+                   training=self.training, max_steps=self.max_steps,
+                   rm_h=None if not bn or frozen else self.rm_h, rv_h=None if not bn or frozen else self.rv_h,
+                   rm_c=None if not bn or frozen else self.rm_c, rv_c=None if not bn or frozen else self.rv_c)
+        h = x.new_zeros(B, H)
+        c = x.new_zeros(B, H)
+        gain_c_bias = (self.gain_c, self.bias_c) if lstm else (None, None)
+        outs = []
+        grad = torch.is_grad_enabled()
+        for s, e in _chunks(T, tbptt):
+            with torch.set_grad_enabled(grad and s >= no_grad_before):
+                hs, c = NormSeq.apply(dict(cfg, t0=s), xs[s:e], h.detach(), c.detach(), self.w_hh,
+                                      self.gain_h, self.bias if not lstm else None, *gain_c_bias)
+            outs.append(hs)
+            h = hs[-1]
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, 0)).transpose(0, 1)
 
     def loop(self, x, tbptt=None, probes=None, gates=None, no_grad_before: int = 0):
         B, T, _ = x.shape
         H, G = self.hidden, self.w_hh.shape[0]
         bn, lstm = self.norm == "bn", self.family == "lstm"
-        xp = F.linear(x, self.w_ih)  # (B, T, G)
-        if bn:
-            xp = self._bn_seq(xp, "x", self.gain_x, self.bias)
-        elif lstm:
-            xp = F.layer_norm(xp, (G,), self.gain_x, self.bias, self.eps)
-        xs = xp.unbind(1)  # T x (B, G); unbind once: xs[:, t] per step has an O(T^2) backward
+        xs = self._input_term(x).unbind(0)  # T x (B, G); unbind once: xs[:, t] per step has an O(T^2) backward
         h = x.new_zeros(B, H)
         c = x.new_zeros(B, H) if lstm else None
         W = self.w_hh.t()

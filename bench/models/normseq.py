@@ -1,0 +1,208 @@
+"""The training path of the normalized cells (bn_rnn, bn_lstm, ln_rnn, ln_lstm): the whole time
+loop as one autograd.Function with a hand-written backward.
+
+Why: a per-step Python loop under autograd records ~15 nodes per step; the slicing of the gate
+block alone makes 4 full-size zero tensors per step in the backward, and each step's dW_hh is a
+separate small matrix product. Here the forward runs without autograd and keeps what the
+backward needs; the backward runs the time loop once with PyTorch's own fused kernels
+(native_layer_norm_backward, native_batch_norm_backward, sigmoid/tanh_backward), and the weight
+gradient dW_hh = sum_t dp_t^T h_{t-1} is one matrix product over all steps. tanh is taken as
+2*sigmoid(2x) - 1 (several times cheaper than torch.tanh on CPU; equal to rounding).
+
+The cell-loop twin (NormRecurrence.loop, plain autograd) computes the same function: tests
+check values, gradients and running statistics against it. Probes, gate recording and
+truncation boundaries are the twin's business; here truncation is handled by the caller,
+which runs one call per chunk from a detached state.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+_LN_BWD = torch.ops.aten.native_layer_norm_backward.default
+_BN_BWD = torch.ops.aten.native_batch_norm_backward.default
+_SIGMOID_BWD = torch.ops.aten.sigmoid_backward.grad_input
+_TANH_BWD = torch.ops.aten.tanh_backward.grad_input
+
+
+class _Norm:
+    """One normalization (per-step layer norm, or batch norm with per-step running statistics):
+    fwd(v, t) -> (out, saved_a, saved_b); bwd(g, v, t, saved_a, saved_b, mask) -> grads."""
+
+    def __init__(self, kind: str, D: int, weight, bias, eps: float, training: bool, momentum: float,
+                 rm: Optional[torch.Tensor], rv: Optional[torch.Tensor], max_steps: int):
+        self.kind, self.D, self.w, self.b, self.eps = kind, [D], weight, bias, eps
+        self.training, self.momentum, self.last = training, momentum, max_steps - 1
+        # per-step rows of the running statistics, made once (None: frozen, or layer norm)
+        self.rm = rm.unbind(0) if rm is not None else None
+        self.rv = rv.unbind(0) if rv is not None else None
+
+    def fwd(self, v, t):
+        if self.kind == "ln":
+            return torch.native_layer_norm(v, self.D, self.w, self.b, self.eps)
+        i = min(t, self.last)
+        rm, rv = (self.rm[i], self.rv[i]) if self.rm is not None else (None, None)
+        return torch.native_batch_norm(v, self.w, self.b, rm, rv, self.training, self.momentum, self.eps)
+
+    def bwd(self, g, v, t, sa, sb, mask):
+        if self.kind == "ln":
+            return _LN_BWD(g, v, self.D, sa, sb, self.w, self.b, mask)
+        i = min(t, self.last)
+        rm, rv = (self.rm[i], self.rv[i]) if self.rm is not None else (None, None)
+        return _BN_BWD(g, v, self.w, rm, rv, sa, sb, self.training, self.eps, mask)
+
+
+class NormSeq(torch.autograd.Function):
+    """hs, c_last = NormSeq.apply(cfg, xs, h0, c0, W_hh, gain_h, bias, gain_c, bias_c)
+
+    xs (T, B, G): the (already normalized, biased) input term of every step -- for ln_rnn the raw
+    projection W_x x_t, normalized together with W_h h inside the step. Returns hs (T, B, H) and
+    the last cell state (LSTM; empty otherwise; no gradient flows through it: the caller detaches).
+    cfg: dict(family, norm, eps, momentum, training, t0, max_steps, rm_h, rv_h, rm_c, rv_c);
+    t0 is the time index of xs[0] (per-step batch-norm statistics when called per chunk).
+    bias is used only by ln_rnn (inside its norm); gain_c / bias_c only by the LSTM.
+
+    Elementwise work is the cost at these sizes, so the forward folds constants into weights: the
+    LSTM's candidate block is pre-scaled by 2 (in xs and in the norm's gain) so one sigmoid over
+    the whole gate block gives sigmoid(i, f, o) and sigmoid(2g) (tanh g = 2 sigmoid(2g) - 1), and
+    the cell norm runs with gain and bias doubled so that sigmoid(its output) = sigmoid(2 c_n).
+    The backward uses the undoubled weights with the saved statistics (the norms' backward
+    depends on the weight only through d xhat = d out * weight)."""
+
+    @staticmethod
+    def forward(ctx, cfg, xs, h0, c0, W, gain_h, bias, gain_c, bias_c):
+        T, B, G = xs.shape
+        H = W.shape[1]
+        lstm, ln_rnn = cfg["family"] == "lstm", (cfg["family"] != "lstm" and cfg["norm"] == "ln")
+        t0, norm = cfg["t0"], cfg["norm"]
+        common = (cfg["eps"], cfg["training"], cfg["momentum"])
+        stats_h = (cfg["rm_h"], cfg["rv_h"], cfg["max_steps"])
+        stats_c = (cfg["rm_c"], cfg["rv_c"], cfg["max_steps"])
+        new = xs.new_empty
+        hbuf = new(T + 1, B, H)  # h_{-1} = h0, then h_0 .. h_{T-1}
+        hbuf[0] = h0
+        vin = new(T, B, G)  # input of the recurrent norm (W_h h, or x-term + W_h h)
+        # every per-step view is made once, outside the loop (indexing costs as much as a small op)
+        hb, vb = hbuf.unbind(0), vin.unbind(0)
+        Wt = W.t()
+        sa, sb = [None] * T, [None] * T
+        if lstm:
+            scale = torch.ones(G, dtype=xs.dtype, device=xs.device)
+            scale[2 * H:3 * H] = 2
+            nh = _Norm(norm, G, gain_h * scale, None, *common, *stats_h)
+            nc = _Norm(norm, H, gain_c * 2, bias_c * 2, *common, *stats_c)
+            xs = torch.mul(xs, scale, out=new(T, B, G))  # contiguous (T, B, G) whatever came in
+            act = new(T, B, G)  # sigmoid(i), sigmoid(f), sigmoid(2g), sigmoid(o)
+            tg = new(T, B, H)  # tanh(g)
+            cbuf = new(T + 1, B, H)
+            cbuf[0] = c0
+            tcn = new(T, B, H)  # tanh(c_n)
+            ca, cb = [None] * T, [None] * T
+            ab, tgb, cbb, tcb = act.unbind(0), tg.unbind(0), cbuf.unbind(0), tcn.unbind(0)
+            ai, af, ag, ao = (act[:, :, k * H:(k + 1) * H].unbind(0) for k in range(4))
+        else:
+            nh = _Norm(norm, G, gain_h * 2, bias * 2 if ln_rnn else None, *common, *stats_h)
+            xs = xs.contiguous() if ln_rnn else torch.mul(xs, 2, out=new(T, B, G))
+            sig = new(T, B, H)  # sigmoid(2 pre)
+            sgb = sig.unbind(0)
+        xb = xs.unbind(0)
+        h = hb[0]
+        for t in range(T):
+            v = vb[t]
+            if ln_rnn:
+                torch.addmm(xb[t], h, Wt, out=v)
+            else:
+                torch.mm(h, Wt, out=v)
+            n, sa[t], sb[t] = nh.fwd(v, t0 + t)
+            if not lstm:
+                # h = tanh(pre) = 2 sigmoid(2 pre) - 1; n holds 2 * the norm's output
+                sg = torch.sigmoid(n if ln_rnn else n.add_(xb[t]), out=sgb[t])
+                h = torch.mul(sg, 2, out=hb[t + 1]).sub_(1)
+                continue
+            torch.sigmoid(n.add_(xb[t]), out=ab[t])
+            g = torch.mul(ag[t], 2, out=tgb[t]).sub_(1)
+            c = torch.addcmul(af[t] * cbb[t], ai[t], g, out=cbb[t + 1])
+            cn, ca[t], cb[t] = nc.fwd(c, t0 + t)
+            tc = torch.sigmoid(cn, out=tcb[t]).mul_(2).sub_(1)
+            h = torch.mul(ao[t], tc, out=hb[t + 1])
+        ctx.cfg, ctx.dims = cfg, (T, B, G, H, lstm, ln_rnn)
+        ctx.sa, ctx.sb = sa, sb
+        # the backward's norms: the model's own (undoubled) weights, the same statistics
+        ctx.nh = _Norm(norm, G, gain_h, bias if ln_rnn else None, *common, *stats_h)
+        saved = [hbuf, vin, W]
+        if lstm:
+            ctx.nc = _Norm(norm, H, gain_c, bias_c, *common, *stats_c)
+            ctx.ca, ctx.cb = ca, cb
+            ctx.scale4 = scale * scale  # d/da of sigmoid(2g) -> tanh'(g): factor 4 on the g block
+            saved += [act, tg, cbuf, tcn]
+        else:
+            saved += [sig]
+        ctx.save_for_backward(*saved)
+        c_last = cbuf[T] if lstm else xs.new_empty(0)
+        ctx.mark_non_differentiable(c_last)
+        return hbuf[1:], c_last
+
+    @staticmethod
+    def backward(ctx, dhs, _dc_last):
+        T, B, G, H, lstm, ln_rnn = ctx.dims
+        t0 = ctx.cfg["t0"]
+        nh, sa, sb = ctx.nh, ctx.sa, ctx.sb
+        need = ctx.needs_input_grad
+        new = dhs.new_empty
+        dhb = dhs.contiguous().unbind(0)
+        dxs = new(T, B, G)
+        dv = dxs if ln_rnn else new(T, B, G)  # ln_rnn: x-term and W_h h share the norm
+        dxb, dvb = dxs.unbind(0), dv.unbind(0)
+        dgain_h = torch.zeros_like(nh.w)
+        dbias = torch.zeros_like(nh.w) if ln_rnn else None
+        maskh = [True, True, ln_rnn]
+        if lstm:
+            hbuf, vin, W, act, tg, cbuf, tcn = ctx.saved_tensors
+            nc, scale4, ca, cb = ctx.nc, ctx.scale4, ctx.ca, ctx.cb
+            dgain_c = torch.zeros_like(nc.w)
+            dbias_c = torch.zeros_like(nc.b)
+            dc = dhs.new_zeros(B, H)
+            dcn = new(B, H)
+            ab, tgb, cbb, tcb = act.unbind(0), tg.unbind(0), cbuf.unbind(0), tcn.unbind(0)
+            ai, af, ag, ao = (act[:, :, k * H:(k + 1) * H].unbind(0) for k in range(4))
+            di, df, dg_, do = (dxs[:, :, k * H:(k + 1) * H].unbind(0) for k in range(4))
+            mask3 = [True, True, True]
+        else:
+            hbuf, vin, W, sig = ctx.saved_tensors
+            sgb = sig.unbind(0)
+        vb = vin.unbind(0)
+        dh = None
+        for t in range(T - 1, -1, -1):
+            g_out = dhb[t] if dh is None else dhb[t] + dh
+            if lstm:
+                tc = tcb[t]
+                torch.mul(g_out, tc, out=do[t])  # dL/d sigmoid(o)
+                _TANH_BWD(g_out * ao[t], tc, grad_input=dcn)
+                dcl, dgc, dbc = nc.bwd(dcn, cbb[t + 1], t0 + t, ca[t], cb[t], mask3)
+                dgain_c += dgc
+                dbias_c += dbc
+                dc = dcl.add_(dc)
+                torch.mul(dc, tgb[t], out=di[t])  # dL/d sigmoid(i)
+                torch.mul(dc, cbb[t], out=df[t])  # dL/d sigmoid(f)
+                torch.mul(dc, ai[t], out=dg_[t])  # dL/d tanh(g)
+                dc = dc * af[t]
+                # sigmoid' = s (1 - s) on every block; on the g block s = sigmoid(2g) and
+                # tanh'(g) = 1 - tanh(g)^2 = 4 s (1 - s)
+                gn = _SIGMOID_BWD(dxb[t], ab[t], grad_input=dxb[t]).mul_(scale4)
+            else:
+                # h = 2 sigmoid(2 pre) - 1: dh/dpre = 4 s (1 - s)
+                gn = _SIGMOID_BWD(g_out, sgb[t], grad_input=new(B, G) if ln_rnn else dxb[t]).mul_(4)
+            dvt, dg, db = nh.bwd(gn, vb[t], t0 + t, sa[t], sb[t], maskh)
+            dgain_h += dg
+            if ln_rnn:
+                dbias += db
+            dvb[t].copy_(dvt)
+            dh = torch.mm(dvt, W)
+        dW = torch.mm(dv.view(T * B, G).t(), hbuf[:-1].reshape(T * B, H)) if need[4] else None
+        grads = [None, dxs if need[1] else None, dh if need[2] else None]
+        if lstm:
+            grads += [dc if need[3] else None, dW, dgain_h, None, dgain_c, dbias_c]
+        else:
+            grads += [None, dW, dgain_h, dbias, None, None]
+        return tuple(grads)
