@@ -39,6 +39,8 @@ class TaskData:
             else:
                 raise BenchError(f"task {self.task.name!r} at length {self.task.length}: cannot draw "
                                  "training sequences disjoint from the held-out set (too few distinct sequences)")
+        if self.device.type == "cuda":  # page-locked: the copy runs asynchronously, no host wait
+            x, y = x.pin_memory(), y.pin_memory()
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def probe_batch(self, n: int):

@@ -76,9 +76,11 @@ def _ms(xs: List[float]) -> Dict[str, Optional[float]]:
     return {"median": statistics.median(xs) * 1e3, "mean": sum(xs) / len(xs) * 1e3}
 
 
-def train(spec: RunSpec, progress: Optional[Callable[[int, Dict], None]] = None) -> Dict:
+def train(spec: RunSpec, progress: Optional[Callable[[int, Dict], None]] = None,
+          defer_host_checks: Optional[bool] = None) -> Dict:
     """Train one run; never raises for divergence (outcome 'diverged'). Bad specs raise
-    BenchError; use `run_safely` to turn any exception into an 'error' record."""
+    BenchError; use `run_safely` to turn any exception into an 'error' record.
+    defer_host_checks: see _train (default: on CUDA only)."""
     t_wall0 = time.perf_counter()
     task = make_task(spec.task, spec.length)
     mit = parse_mitigation(spec.mitigation)
@@ -88,13 +90,43 @@ def train(spec: RunSpec, progress: Optional[Callable[[int, Dict], None]] = None)
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     try:
-        return _train(spec, task, mit, device, progress, t_wall0)
+        return _train(spec, task, mit, device, progress, t_wall0, defer_host_checks)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train(spec, task, mit, device, progress, t_wall0) -> Dict:
+class _StepClock:
+    """Marks inside a training step -> per-phase durations. On the host: time.perf_counter. On
+    CUDA: events recorded in the stream (no host synchronisation), read when the run ends."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: List[list] = []
+
+    def mark(self, step_marks: list):
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            step_marks.append(ev)
+        else:
+            step_marks.append(time.perf_counter())
+
+    def phases(self) -> List[List[float]]:
+        """Per step, the seconds between consecutive marks."""
+        if self.cuda and self.marks:
+            torch.cuda.synchronize()
+            return [[a.elapsed_time(b) / 1e3 for a, b in zip(m, m[1:])] for m in self.marks]
+        return [[b - a for a, b in zip(m, m[1:])] for m in self.marks]
+
+
+def _train(spec, task, mit, device, progress, t_wall0, defer_host_checks: Optional[bool] = None) -> Dict:
+    """defer_host_checks: read the loss and gradient norm on the host only where the host needs
+    them (before a diagnostics snapshot, an evaluation, and at the end) instead of every step.
+    Default: on CUDA, so that the time loop never waits for the GPU; the record is the same
+    (a divergence found late is dated to its first non-finite step, and what ran after it --
+    on parameters already non-finite -- is discarded)."""
     cuda = device.type == "cuda"
+    defer = cuda if defer_host_checks is None else defer_host_checks
 
     def sync():
         if cuda:
@@ -128,51 +160,73 @@ def _train(spec, task, mit, device, progress, t_wall0) -> Dict:
     snap(0)
     init_snap = snapshots[0]
 
-    t_fwd, t_bwd, t_opt, gnorms, clipped, losses = [], [], [], [], 0, []
+    clock = _StepClock(device)
+    gnorms, clipped, losses = [], 0, []
     curve, t_eval = [], 0.0
     outcome, solved_at, diverged_at, nonfinite = "unsolved", None, None, 0
     time_to_solve = None
     last_eval = None
+    # steps whose loss / gradient norm / clip flag are still device tensors
+    pending: List[tuple] = []
+
+    def host_check() -> Optional[int]:
+        """Move the pending steps' values to the host; the first non-finite step, or None.
+        Values from that step on are dropped (the run ends there)."""
+        nonlocal clipped
+        if not pending:
+            return None
+        steps = [p[0] for p in pending]
+        if len(pending) == 1:  # every step (host checks not deferred)
+            _, lv, gv, fl = pending[0]
+            vals, flags = [(float(lv), float(gv))], ([bool(fl)] if fl is not None else None)
+        else:
+            vals = torch.stack([torch.stack([p[1].float(), p[2].float()]) for p in pending]).tolist()
+            flags = torch.stack([p[3] for p in pending]).tolist() if clipvalue is not None else None
+        pending.clear()
+        for i, (st, (lval, gval)) in enumerate(zip(steps, vals)):
+            losses.append(lval)
+            gnorms.append(gval)
+            if not (math.isfinite(lval) and math.isfinite(gval)):
+                return st
+            clipped += (clipnorm is not None and gval > clipnorm) or bool(flags and flags[i])
+        return None
+
     t_train0 = time.perf_counter()
     step = 0
+    nan_step = None
     for step in range(1, spec.budget + 1):
         x, y = data.train_batch(spec.batch)
-        sync()
-        t0 = time.perf_counter()
+        m = []
+        clock.marks.append(m)
+        clock.mark(m)
         out = model(x)
         loss = task.loss(out, y)
-        sync()
-        t1 = time.perf_counter()
+        clock.mark(m)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        sync()
-        t2 = time.perf_counter()
+        clock.mark(m)
         gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        lval, gval = float(loss.detach()), float(gnorm)  # host sync: divergence must end the run here
-        if not (math.isfinite(lval) and math.isfinite(gval)):
-            nonfinite += 1
-            outcome, diverged_at = "diverged", step
-            t_fwd.append(t1 - t0)
-            t_bwd.append(t2 - t1)
-            gnorms.append(gval)
-            losses.append(lval)
-            break
-        was_clipped = False
+        flag = None
+        if clipvalue is not None:  # does clipping by value change anything this step (device bool)
+            flag = torch.stack([(p.grad.abs() > clipvalue).any() for p in params if p.grad is not None]).any()
+        pending.append((step, loss.detach(), gnorm, flag))
+        if not defer:  # host sync every step: a divergence ends the run before the update
+            nan_step = host_check()
+            if nan_step is not None:
+                outcome, diverged_at, nonfinite = "diverged", nan_step, nonfinite + 1
+                break
         if clipnorm is not None:
             torch.nn.utils.clip_grads_with_norm_(params, clipnorm, gnorm)
-            was_clipped = gval > clipnorm
         if clipvalue is not None:
-            was_clipped |= any(bool((p.grad.abs() > clipvalue).any()) for p in params if p.grad is not None)
             torch.nn.utils.clip_grad_value_(params, clipvalue)
-        clipped += was_clipped
         opt.step()
-        sync()
-        t3 = time.perf_counter()
-        t_fwd.append(t1 - t0)
-        t_bwd.append(t2 - t1)
-        t_opt.append(t3 - t2)
-        gnorms.append(gval)
-        losses.append(lval)
+        clock.mark(m)
+        host_needed = step in when or step % spec.eval_every == 0 or step == spec.budget
+        if defer and host_needed:
+            nan_step = host_check()
+            if nan_step is not None:
+                outcome, diverged_at, nonfinite = "diverged", nan_step, nonfinite + 1
+                break
         if step in when:
             snap(step)
         if step % spec.eval_every == 0 or step == spec.budget:
@@ -194,6 +248,14 @@ def _train(spec, task, mit, device, progress, t_wall0) -> Dict:
                 outcome, solved_at = "solved", step
                 time_to_solve = time.perf_counter() - t_wall0
                 break
+    if nan_step is not None:
+        step = nan_step  # found late (deferred checks): the steps after it are not the run's
+    # per-step phases (forward, backward, update); a step with a non-finite loss or gradient
+    # norm gets no update
+    phases = clock.phases()[:step]
+    t_fwd = [p[0] for p in phases]
+    t_bwd = [p[1] for p in phases]
+    t_opt = [p[2] for p in phases[: step - 1 if nan_step is not None else step]]
     t_train = time.perf_counter() - t_train0
     steps_taken = step
 
