@@ -28,8 +28,8 @@ def bench_tsv(path, *seconds, cpu=1.5, rss=300.0):
 
 
 def runs(**walls):
-    """A runs table: record path -> wall_s (train/eval/diagnostics split 80/10/5%); None = an
-    error record (no timing)."""
+    """A runs table: record path -> wall_s, with the training loop (train_s) 80% of it; None =
+    an error record (no timing)."""
     rows = []
     for path, w in walls.items():
         t = (lambda f: float("nan") if w is None else w * f)
@@ -63,7 +63,7 @@ def test_jobs_table_rows_and_statuses(tmp_path):
     assert list(t.index) == [j["job"] for j in jobs]
     assert t.loc["ok1", "job_wall_s"] == 10.0 and t.loc["ok1", "run_wall_s"] == 9.0
     assert t.loc["ok1", "overhead_s"] == pytest.approx(1.0) and t.loc["ok1", "overhead_frac"] == pytest.approx(0.1)
-    assert t.loc["ok1", "run_work_s"] == pytest.approx(9.0 * 0.95)
+    assert t.loc["ok1", "train_loop_s"] == pytest.approx(9.0 * 0.8)
     assert t.loc["ok2", "run_wall_s"] == 14.0  # './r/b1.json' matched to 'r/b1.json'
     assert t.loc["ok2", "overhead_s"] == pytest.approx(6.0) and t.loc["ok2", "cpu_s"] == 1.5
     assert dict(t["status"]) == {"ok1": JOB_OK, "ok2": JOB_OK, "nobench": JOB_NO_BENCHMARK, "err": JOB_UNTIMED,
@@ -77,7 +77,7 @@ def test_jobs_table_rows_and_statuses(tmp_path):
     assert o["job_wall_s"] == 30.0 and o["run_wall_s"] == 23.0
     assert o["share"] == pytest.approx(7 / 30)  # (1 + 6) / (10 + 20), not the mean of 0.1 and 0.3
     assert o["median_overhead_s"] == pytest.approx(3.5) and o["mean_job_wall_s"] == 15.0
-    assert o["strict_share"] == pytest.approx((30 - 23 * 0.95) / 30)
+    assert o["outside_loop_share"] == pytest.approx((30 - 23 * 0.8) / 30)
     assert o["met"] is False
 
 
@@ -135,6 +135,8 @@ def test_aggregate_and_render_end_to_end(tmp_path):
     text = html.read_text()
     assert 'id="pipeline-overhead"' in text
     assert "2.0 s of 9.0 s of job time" in text and "22.2%" in text and "target at most 10%: not met" in text
+    loops = sum(_record(s, 0)["timing"]["train_s"] for s in range(2))  # the records' training loops
+    assert f"{(9.0 - loops) / 9.0:.1%} of job time" in text
 
     # records copied from elsewhere: no benchmark file -> the report renders and says why there is no share
     (tmp_path / "benchmarks" / "cell.tsv").unlink()

@@ -282,10 +282,10 @@ def overhead_sentences(o: Dict, why_none: str = "") -> List[str]:
            f"over {_n(o['n_used'], 'training job')}, a share of {o['share']:.1%} "
            f"(target at most {pct}: {verdict}). Per job: median {o['median_overhead_s']:.2f} s of overhead, mean "
            f"job {o['mean_job_wall_s']:.1f} s."]
-    if np.isfinite(o["strict_share"]):
-        out.append(f"Counting each run's own setup as overhead too (held-out data, model construction, imports "
-                   f"on first use; job time minus training, evaluation and diagnostics time): "
-                   f"{o['strict_share']:.1%}.")
+    if np.isfinite(o["outside_loop_share"]):
+        out.append(f"Stricter, everything outside the runs' training loops (adds each run's held-out data and "
+                   f"model setup, imports on first use, first diagnostics snapshot and final evaluation): "
+                   f"{o['outside_loop_share']:.1%} of job time.")
     if left:
         out.append(f"Left out of the share: {left} (of {_n(o['n_jobs'], 'job')}).")
     out.append("Job time is Snakemake's benchmark of each training job; Snakemake's own start and its "
