@@ -137,6 +137,30 @@ def _sum_bias(rec):
     return rec.b_ih + rec.b_hh if isinstance(rec, FusedRecurrence) else rec.bias
 
 
+@pytest.mark.parametrize("layout", ["batch_major", "time_major_view"])
+def test_input_projection_gradient_matches_linear(layout):
+    """_InputProj (the normalized cells' input term, x W^T with the weight gradient computed as
+    (x^T g)^T for speed) gives F.linear's values and gradients; gradcheck in float64."""
+    from bench.models.cells import _InputProj
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 7, 2, generator=g, dtype=torch.float64)
+    if layout == "time_major_view":
+        x = x.transpose(0, 1)  # the layer-norm cells pass a non-contiguous view
+    W = torch.randn(12, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    xg = x.clone().requires_grad_(True)
+    up = torch.randn(*x.shape[:2], 12, generator=g, dtype=torch.float64)
+    out = _InputProj.apply(xg, W)
+    ref = torch.nn.functional.linear(xg, W)
+    assert torch.equal(out, ref)
+    gx, gW = torch.autograd.grad((out * up).sum(), (xg, W))
+    rx, rW = torch.autograd.grad((ref * up).sum(), (xg, W))
+    assert gW.shape == W.shape and gW.is_contiguous()
+    assert torch.allclose(gW, rW, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(gx, rx, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(_InputProj.apply, (xg, W))
+
+
 @pytest.mark.parametrize("recipe", [r for r in RECIPES if MITIGATIONS.get(r).init == "lstm_forget1"])
 def test_lstm_forget_bias_sum_is_one(recipe):
     rec = _build(recipe).rec
