@@ -15,6 +15,7 @@ from .errors import BenchError
 from .models import build_model, parse_mitigation
 from .models.mitigations import check_for_task
 from .provenance import provenance
+from .runtime import frozen_gc
 from .seeding import generator
 from .spec import RunSpec
 from .tasks import make_task
@@ -90,7 +91,8 @@ def train(spec: RunSpec, progress: Optional[Callable[[int, Dict], None]] = None,
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     try:
-        return _train(spec, task, mit, device, progress, t_wall0, defer_host_checks)
+        with frozen_gc():  # full GC passes would re-walk the whole interpreter (runtime.frozen_gc)
+            return _train(spec, task, mit, device, progress, t_wall0, defer_host_checks)
     finally:
         torch.set_num_threads(threads_before)
 

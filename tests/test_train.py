@@ -440,3 +440,40 @@ def test_cli_tiny_run_writes_a_readable_record(tmp_path):
     assert rec["spec"]["mitigation"] == "lstm+clipnorm:1" and rec["steps"] == 3
     assert rec["outcome"] in ("solved", "unsolved")
     assert str(out) in p.stderr
+
+
+def test_frozen_gc_freezes_inside_and_restores():
+    import gc
+
+    from bench.runtime import frozen_gc
+
+    assert gc.get_freeze_count() == 0
+    with frozen_gc():
+        inside = gc.get_freeze_count()
+        gc.collect()  # collects fine while frozen
+    assert inside > 1000  # the interpreter's objects (torch, pytest) were moved out of full passes
+    assert gc.get_freeze_count() == 0
+
+
+def test_frozen_gc_leaves_an_outer_freeze_alone():
+    import gc
+
+    from bench.runtime import frozen_gc
+
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        with frozen_gc():
+            assert gc.get_freeze_count() == before
+        assert gc.get_freeze_count() == before
+    finally:
+        gc.unfreeze()
+
+
+def test_train_runs_with_a_frozen_gc_and_restores_it(tiny_spec):
+    import gc
+
+    seen = []
+    train(tiny_spec(), progress=lambda step, info: seen.append(gc.get_freeze_count()))
+    assert seen and min(seen) > 1000
+    assert gc.get_freeze_count() == 0
