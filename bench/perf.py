@@ -353,6 +353,28 @@ def mirror_check(mitigation: str, T: int = 30, hidden: int = 16, steps: int = 3)
 # ---------------------------------------------------------------------------------------------
 # Timing helpers
 # ---------------------------------------------------------------------------------------------
+def settle(fns: List[Callable[[], object]], max_rounds: int = 4) -> int:
+    """Call every fn in turn until one whole cycle takes no new pages from the OS (no minor page
+    faults: the allocator reuses what earlier steps freed), at most `max_rounds` cycles; returns
+    the number of cycles run. With the pinned allocator a process reaches that state after a few
+    steps of each size, but until then a step (often the interleaved reference, whose buffers have
+    other sizes than the benchmarked step's) page-faults its buffers: the nn.LSTM reference at h64
+    T=1000 measured 218-452 ms in the first rounds after a bn_lstm step and 130 ms after, which
+    skewed the median of the ratio by 1.6x. Without the pinned allocator faults never stop:
+    returns 0 without calling anything (the regime `BENCH_PERF_MALLOC=default` measures)."""
+    if not str(runtime.MALLOC_MODE).startswith("pinned"):
+        return 0
+    import resource
+
+    for n in range(1, max_rounds + 1):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for fn in fns:
+            fn()
+        if resource.getrusage(resource.RUSAGE_SELF).ru_minflt == before:
+            return n
+    return max_rounds
+
+
 class Interleaved:
     """A pedantic `setup` that times one call of each of `fns` ({name: fn}) before every round,
     so a benchmark's references are measured interleaved with it (same load), not minutes apart."""

@@ -59,9 +59,10 @@ def test_step(benchmark, timer, hidden, T, name):
     if T > SHORT_T:  # target 3: the same mitigation at T=100, interleaved too
         fns["short"] = perf.BareStep(name, SHORT_T, hidden) if name in CELL_LOOPS else perf.EngineStep(name, SHORT_T, hidden)
     before = perf.Interleaved(fns, warmup, timer)
+    settled = perf.settle(list(fns.values()) + [fn]) if T > SHORT_T else None
     benchmark.group = f"step h{hidden} T{T}"
     benchmark.extra_info.update(kind=kind, name=name, hidden=hidden, T=T, batch=perf.BATCH, task=perf.TASK,
-                                malloc=perf.MALLOC_MODE)
+                                malloc=perf.MALLOC_MODE, settle_cycles=settled)
     benchmark.pedantic(fn, setup=before, rounds=rounds, warmup_rounds=warmup)
     benchmark.extra_info["ref_times"] = before.measured("ref")
     if "short" in fns:
