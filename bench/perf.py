@@ -14,11 +14,17 @@ Nothing here is used by training (the allocator setting is bench.runtime's); it 
   diagnostics snapshots inside and outside the loop, evaluation).
 - `ratios` / `targets`: turn a pytest-benchmark JSON into the tracked ratios and the table of the
   issue's absolute targets (used by perf/check.py).
+
+Every step runs on `DEVICE` (cpu by default; `configure_device`, from BENCH_PERF_DEVICE in
+perf/conftest.py). On CUDA a timed step ends with a device synchronisation, so that the clock
+(wall time, `--benchmark-timer=time.perf_counter`) sees the work done, not just launched; inside
+it EngineStep keeps train()'s CUDA loop (loss and gradient norm stay on the device, no host sync).
 """
 from __future__ import annotations
 
 import copy
 import math
+import re
 import statistics
 import time
 from contextlib import contextmanager
@@ -53,6 +59,45 @@ DEFAULT_BUDGET = 1000  # RunSpec defaults, used to project whole-run figures
 DEFAULT_EVAL_EVERY = 50
 
 
+DEVICE = "cpu"  # where the steps run: configure_device (perf/conftest.py, BENCH_PERF_DEVICE)
+
+
+def configure_device(name: Optional[str]) -> str:
+    """Set DEVICE from `name` ("cpu", "cuda" or "cuda:N"; empty/None = cpu). A name that is not
+    a device, or CUDA that is not here, raises BenchError naming the valid choices."""
+    from .errors import BenchError
+
+    global DEVICE
+    name = (name or "cpu").strip()
+    if name == "cpu":
+        DEVICE = name
+        return DEVICE
+    m = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if not m:
+        raise BenchError(f"BENCH_PERF_DEVICE={name!r} is not a device; valid choices: cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        raise BenchError(f"BENCH_PERF_DEVICE={name!r}: CUDA is not available here; valid choices: cpu")
+    n = torch.cuda.device_count()
+    if m.group(1) is not None and int(m.group(1)) >= n:
+        raise BenchError(f"BENCH_PERF_DEVICE={name!r}: this machine has {n} CUDA device(s); "
+                         f"valid choices: cpu, cuda, {', '.join(f'cuda:{i}' for i in range(n))}")
+    DEVICE = name
+    return DEVICE
+
+
+def device_info(device: Optional[str] = None) -> Dict[str, str]:
+    """What a benchmark records about where it ran: {"device": ..., "device_name": ...}."""
+    dev = torch.device(device or DEVICE)
+    if dev.type == "cuda":
+        return {"device": str(dev), "device_name": torch.cuda.get_device_name(dev)}
+    return {"device": "cpu", "device_name": "cpu"}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def __getattr__(name):
     # the allocator mode lives in bench.runtime (training processes set it too)
     if name == "MALLOC_MODE":
@@ -85,7 +130,11 @@ class EngineStep:
     """One training step of `mitigation` as `bench.train.train` runs it (see module doc)."""
 
     def __init__(self, mitigation: str, T: int, hidden: int, batch: int = BATCH, seed: int = 0,
-                 task: str = TASK, heldout_size: int = 1000):
+                 task: str = TASK, heldout_size: int = 1000, device: Optional[str] = None,
+                 defer_host_checks: Optional[bool] = None):
+        """defer_host_checks: as train()'s (default: on CUDA only): keep each step's loss and
+        gradient norm on the device (`losses` / `gnorms` then hold tensors) instead of reading
+        them on the host every step."""
         from .data import TaskData
         from .models import build_model, parse_mitigation
         from .models.mitigations import check_for_task
@@ -96,10 +145,12 @@ class EngineStep:
         self.task = make_task(task, T)
         self.mit = parse_mitigation(mitigation)
         check_for_task(self.mit, self.task.seq_len)
-        self.data = TaskData(self.task, seed, heldout_size, "cpu")
+        self.device = torch.device(device or DEVICE)
+        self.defer = self.device.type == "cuda" if defer_host_checks is None else defer_host_checks
+        self.data = TaskData(self.task, seed, heldout_size, self.device)
         g = generator("init", self.task.name, self.task.length, self.mit.recipe.name, hidden, seed)
         self.model = build_model(self.mit, self.task.n_in, self.task.n_out, self.task.readout, hidden,
-                                 self.task.seq_len, g, "cpu")
+                                 self.task.seq_len, g, self.device)
         self.model.train()
         r = self.mit.recipe
         self.opt = make_optimizer(r.optimizer, self.model.parameters(), r.lr)
@@ -121,6 +172,8 @@ class EngineStep:
         t2 = time.perf_counter()
         params = self.params
         gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if self.defer:  # train()'s CUDA loop: no host sync inside the step
+            return self._deferred_rest(loss, gnorm, t0, t1, t2)
         lval, gval = float(loss.detach()), float(gnorm)
         if not (math.isfinite(lval) and math.isfinite(gval)):  # train() would stop the run here
             self.losses.append(lval)
@@ -138,6 +191,21 @@ class EngineStep:
         self.gnorms.append(gval)
         return lval
 
+    def _deferred_rest(self, loss, gnorm, t0, t1, t2):
+        params = self.params
+        if self.clipvalue is not None:  # the clip flag, kept on the device as train() does
+            self._flag = torch.stack([(p.grad.abs() > self.clipvalue).any() for p in params if p.grad is not None]).any()
+        if self.clipnorm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, self.clipnorm, gnorm)
+        if self.clipvalue is not None:
+            torch.nn.utils.clip_grad_value_(params, self.clipvalue)
+        self.opt.step()
+        _sync(self.device)  # the step's work done before the clock stops (a no-op on the CPU)
+        self._t.append(time.perf_counter() - t0)
+        self.losses.append(loss.detach())
+        self.gnorms.append(gnorm)
+        return 0.0
+
 
 class BareStep:
     """A hand-written training step: plain PyTorch module + nn.Linear head on the last hidden
@@ -150,7 +218,8 @@ class BareStep:
 
     def __init__(self, kind: str, T: int, hidden: int, batch: int = BATCH, seed: int = 0,
                  optimizer: str = "adam", lr: float = 1e-3, clipnorm: Optional[float] = None,
-                 clipvalue: Optional[float] = None, task: str = TASK, like: Optional[EngineStep] = None):
+                 clipvalue: Optional[float] = None, task: str = TASK, like: Optional[EngineStep] = None,
+                 device: Optional[str] = None):
         from .seeding import generator
         from .tasks import make_task
 
@@ -177,9 +246,13 @@ class BareStep:
                 raise ValueError(kind)
             self.head = nn.Linear(hidden, 1)
         self.hidden = hidden
+        self.device = torch.device(device or (like.device if like is not None else DEVICE))
+        self.rnn.to(self.device)
+        self.head.to(self.device)
         self.params = list(self.rnn.parameters()) + list(self.head.parameters())
         opt = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}[optimizer]
-        self.opt = opt(self.params, lr=lr)
+        self.opt = opt(self.params, lr=lr)  # torch.optim's own, as a hand-written loop would
+        self.sync_each = True  # __call__ waits for the device (bare_round: only at the end)
         self.clipnorm, self.clipvalue = clipnorm, clipvalue
         self.gen = generator("train", self.task.name, self.task.length, seed)
         self.batch = batch
@@ -199,6 +272,8 @@ class BareStep:
 
     def __call__(self) -> float:
         x, y = self.task.sample(self.batch, self.gen)
+        if self.device.type == "cuda":  # as the engine's TaskData: page-locked, asynchronous copy
+            x, y = x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         loss = F.mse_loss(self.head(self._last_hidden(x)).squeeze(-1), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -207,12 +282,14 @@ class BareStep:
         if self.clipvalue is not None:
             torch.nn.utils.clip_grad_value_(self.params, self.clipvalue)
         self.opt.step()
+        if self.sync_each:
+            _sync(self.device)
         return 0.0
 
 
-def reference_step(T: int, hidden: int, batch: int = BATCH) -> BareStep:
+def reference_step(T: int, hidden: int, batch: int = BATCH, device: Optional[str] = None) -> BareStep:
     """The same-run reference of every ratio: a bare fused nn.LSTM step (default init, Adam 1e-3)."""
-    return BareStep("lstm", T, hidden, batch)
+    return BareStep("lstm", T, hidden, batch, device=device)
 
 
 def matched_bare_step(eng: EngineStep) -> BareStep:
@@ -280,7 +357,7 @@ def harness_spec(mitigation: str, T: int, hidden: int, steps: int, batch: int = 
     from .spec import RunSpec
 
     base = dict(task=TASK, length=T, mitigation=mitigation, hidden=hidden, batch=batch, budget=steps,
-                eval_every=steps + 1, device="cpu", threads=1)  # one evaluation (at the last step)
+                eval_every=steps + 1, device=DEVICE, threads=1)  # one evaluation (at the last step)
     base.update(kw)
     return RunSpec(**base)
 
@@ -322,25 +399,37 @@ def harness_round(spec, timer: Callable[[], float] = time.perf_counter) -> Dict[
 
 
 def bare_round(bare: "BareStep", steps: int, timer: Callable[[], float] = time.perf_counter) -> float:
-    """Seconds per step of `steps` bare-loop steps."""
+    """Seconds per step of `steps` bare-loop steps (on CUDA one synchronisation, at the end, as
+    train()'s loop has no host sync per step either)."""
     t0 = timer()
-    for _ in range(steps):
-        bare()
+    bare.sync_each = False
+    try:
+        for _ in range(steps):
+            bare()
+        _sync(bare.device)
+    finally:
+        bare.sync_each = True
     return (timer() - t0) / steps
 
 
-def mirror_check(mitigation: str, T: int = 30, hidden: int = 16, steps: int = 3) -> None:
-    """Raise if EngineStep no longer reproduces train()'s losses and gradient norms."""
+def mirror_check(mitigation: str, T: int = 30, hidden: int = 16, steps: int = 3, device: Optional[str] = None,
+                 defer_host_checks: Optional[bool] = None) -> None:
+    """Raise if EngineStep no longer reproduces train()'s losses and gradient norms (on `device`,
+    default DEVICE; with the host checks deferred as on CUDA if `defer_host_checks`)."""
     from .train import train
 
+    dev = device or DEVICE
     # the global RNG is seeded for both: bn_*/ln_* models keep nn.Linear's default head bias,
     # drawn from the global RNG (init_model skips every 1-d parameter of a NormRecurrence model)
     torch.manual_seed(1234)
-    rec = train(harness_spec(mitigation, T, hidden, steps, batch=16, heldout_size=64, probe_size=8))
+    rec = train(harness_spec(mitigation, T, hidden, steps, batch=16, heldout_size=64, probe_size=8, device=dev),
+                defer_host_checks=defer_host_checks)
     torch.manual_seed(1234)
-    eng = EngineStep(mitigation, T, hidden, batch=16, heldout_size=64)
+    eng = EngineStep(mitigation, T, hidden, batch=16, heldout_size=64, device=dev, defer_host_checks=defer_host_checks)
     for _ in range(steps):
         eng()
+    if eng.defer:  # the device values, read once at the end (as train() reads them)
+        eng.losses, eng.gnorms = [float(v) for v in eng.losses], [float(v) for v in eng.gnorms]
     got, want = eng.gnorms, rec["grad_norm"]["trace"]
     ok = all(math.isclose(a, b, rel_tol=2e-3, abs_tol=1e-6) for a, b in zip(got, want)) and len(want) == steps
     ok = ok and math.isclose(eng.losses[-1], rec["final"]["train_loss"], rel_tol=1e-4, abs_tol=1e-7)

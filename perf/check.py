@@ -5,6 +5,9 @@
     python perf/check.py RESULT.json --save-baseline  # write RESULT's ratios into the baseline
     python perf/check.py --compare A.json B.json      # B (e.g. a new commit) against A, no retry
 
+Ratios measured on a GPU (BENCH_PERF_DEVICE=cuda) are checked against perf/baseline-cuda.json,
+those on the CPU against perf/baseline.json; a result is never compared with another device's.
+
 Every tracked value is a ratio of two medians measured in the same run (bench.perf.ratios): a
 step against the interleaved bare nn.LSTM reference of the same size, T=1000 against T=100, the
 train() loop against the bare loop, a diagnostics snapshot against a bare step. Larger = slower.
@@ -30,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from bench.perf import ratios, targets  # noqa: E402
 
 BASELINE = ROOT / "perf" / "baseline.json"
+BASELINE_CUDA = ROOT / "perf" / "baseline-cuda.json"
 REPORT = ROOT / "perf" / "last_results.md"
 DEFAULT_TOL = 0.25
 
@@ -145,6 +149,15 @@ def malloc_of(data: dict) -> str:
     return "default"
 
 
+def device_of(data: dict) -> str:
+    """"cpu" or "cuda" (the device type the benchmarks ran on; results without it are CPU's)."""
+    for b in data.get("benchmarks", []):
+        d = (b.get("extra_info") or {}).get("device")
+        if d:
+            return d.split(":")[0]
+    return "cpu"
+
+
 def timer_of(data: dict) -> str:
     for b in data.get("benchmarks", []):
         return b.get("options", {}).get("timer", "perf_counter")
@@ -154,7 +167,8 @@ def timer_of(data: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("result", nargs="?", help="pytest-benchmark JSON (--benchmark-json) of perf/test_perf.py")
-    ap.add_argument("--baseline", default=str(BASELINE), help="baseline of ratios (default perf/baseline.json)")
+    ap.add_argument("--baseline", default=None,
+                    help="baseline of ratios (default perf/baseline.json; for GPU results perf/baseline-cuda.json)")
     ap.add_argument("--tolerance", type=float, default=None,
                     help=f"allowed relative growth of a ratio (default: the baseline's, else {DEFAULT_TOL})")
     ap.add_argument("--no-retry", action="store_true", help="fail at once, do not re-run regressed measurements")
@@ -171,6 +185,10 @@ def main(argv=None) -> int:
         A, B = load(a.compare[0]), load(a.compare[1])
         tol = a.tolerance if a.tolerance is not None else DEFAULT_TOL
         ra, rb = ratios(A), ratios(B)
+        if device_of(A) != device_of(B):
+            print(f"perf/check.py: A was measured on {device_of(A)}, B on {device_of(B)}: ratios of different "
+                  "devices are not comparable", file=sys.stderr)
+            return 2
         if malloc_of(A) != malloc_of(B):
             print(f"WARNING: A was measured with malloc={malloc_of(A)}, B with malloc={malloc_of(B)}: "
                   "T=1000 ratios are not comparable (see README)")
@@ -193,8 +211,14 @@ def main(argv=None) -> int:
     if not cur:
         print(f"perf/check.py: {a.result} holds no benchmark of perf/test_perf.py", file=sys.stderr)
         return 2
-    bpath = Path(a.baseline)
+    dev = device_of(data)
+    bpath = Path(a.baseline) if a.baseline else (BASELINE if dev == "cpu" else BASELINE_CUDA)
     baseline = json.loads(bpath.read_text()) if bpath.exists() else {"ratios": {}}
+    bdev = (baseline.get("measured") or {}).get("device", "cpu" if baseline.get("ratios") else dev)
+    if bdev != dev:
+        print(f"perf/check.py: {a.result} was measured on {dev}, the baseline {bpath} on {bdev}; "
+              f"compare like with like (GPU results: {BASELINE_CUDA.relative_to(ROOT)})", file=sys.stderr)
+        return 2
     tol = a.tolerance if a.tolerance is not None else baseline.get("tolerance", DEFAULT_TOL)
 
     if a.save_baseline:
@@ -209,9 +233,13 @@ def main(argv=None) -> int:
                          "commit": data.get("commit_info", {}).get("id"),
                          "timer": timer_of(data),
                          "malloc": malloc_of(data),
+                         "device": dev,
+                         "device_name": next((b["extra_info"].get("device_name") for b in data["benchmarks"]
+                                              if (b.get("extra_info") or {}).get("device_name")), None),
                          "cpu": (mi.get("cpu") or {}).get("brand_raw"),
                          "quick": os.environ.get("BENCH_PERF_QUICK", ""),
-                         "note": "2 shared CPU cores, noisy; torch.set_num_threads(1)"},
+                         "note": "2 shared CPU cores, noisy; torch.set_num_threads(1)" if dev == "cpu"
+                                 else "GPU; torch.set_num_threads(1) on the host"},
             "ratios": dict(sorted(new.items())),
         }
         bpath.write_text(json.dumps(baseline, indent=1) + "\n")
@@ -219,12 +247,15 @@ def main(argv=None) -> int:
         return 0
 
     bm = baseline.get("measured", {}).get("malloc", "default")
-    if malloc_of(data) != bm:
+    if baseline.get("ratios") and malloc_of(data) != bm:
         print(f"perf/check.py: {a.result} was measured with malloc={malloc_of(data)} but the baseline with "
               f"malloc={bm}; their ratios are not comparable. Run with BENCH_PERF_MALLOC={bm.split()[0]}, "
               "or give another --baseline.", file=sys.stderr)
         return 2
     base = baseline.get("ratios", {})
+    if not base:
+        print(f"perf/check.py: no baseline at {bpath} yet: every ratio is new, nothing can regress; save one with "
+              f"python perf/check.py {a.result} --save-baseline{'' if a.baseline is None else ' --baseline ' + str(bpath)}")
     rows, bad = compare_rows(cur, base, tol)
     retried = ()
     if bad and not a.no_retry:
@@ -240,7 +271,7 @@ def main(argv=None) -> int:
 
     missing = sorted(set(base) - set(cur))
     print(f"\nregression check: {len(cur)} ratios against {bpath.name} (tolerance {tol:.0%}, clock {timer_of(data)}, "
-          f"malloc {malloc_of(data)})")
+          f"malloc {malloc_of(data)}, device {dev})")
     print(table(rows, HEAD))
     if missing:
         print(f"({len(missing)} baseline ratios not measured in this run, e.g. full-mode sizes: not checked)")
@@ -251,8 +282,8 @@ def main(argv=None) -> int:
     commit = data.get("commit_info", {})
     md = [f"# Performance results ({data.get('datetime', '')})", "",
           f"commit {commit.get('id', '?')}{' (dirty)' if commit.get('dirty') else ''}, clock `{timer_of(data)}`, "
-          f"malloc `{malloc_of(data)}`, "
-          f"result `{a.result}`, machine shared and noisy (2 cores).", "",
+          f"malloc `{malloc_of(data)}`, device `{dev}`, "
+          f"result `{a.result}`, machine shared and noisy.", "",
           "## Absolute targets", "", tmd, "",
           "## Step medians (ms) and ratio to the interleaved bare nn.LSTM step", "", summary_md(data), "",
           f"## Ratios against the baseline (tolerance {tol:.0%})", "", table(rows, HEAD), ""]

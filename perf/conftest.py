@@ -13,6 +13,21 @@ from bench import perf
 perf.configure_malloc(os.environ.get("BENCH_PERF_MALLOC", "pinned"))
 
 
+def pytest_configure(config):
+    """BENCH_PERF_DEVICE (cpu | cuda | cuda:N; default cpu): where every step of the suite runs.
+    On CUDA the clock must be wall time: CPU time (time.process_time) does not see the GPU work."""
+    from bench.errors import BenchError
+
+    try:
+        dev = perf.configure_device(os.environ.get("BENCH_PERF_DEVICE", "cpu"))
+    except BenchError as e:
+        raise pytest.UsageError(str(e)) from None
+    timer = str(config.getoption("benchmark_timer", None) or "")
+    if dev != "cpu" and "process_time" in timer:
+        raise pytest.UsageError(f"BENCH_PERF_DEVICE={dev}: --benchmark-timer=time.process_time counts only host "
+                                "CPU time, not the GPU's work; use --benchmark-timer=time.perf_counter")
+
+
 def pytest_collection_finish(session):
     """Freeze the objects alive after collection (torch, pandas, pytest: ~200,000) out of the
     cyclic GC's full passes for the whole session, as train() does for a run
@@ -24,7 +39,9 @@ def pytest_collection_finish(session):
 
 
 def pytest_report_header(config):
-    return f"bench perf: malloc={perf.MALLOC_MODE}, quick={os.environ.get('BENCH_PERF_QUICK', '')!r}"
+    info = perf.device_info()
+    return (f"bench perf: device={info['device']} ({info['device_name']}), malloc={perf.MALLOC_MODE}, "
+            f"quick={os.environ.get('BENCH_PERF_QUICK', '')!r}")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -4,7 +4,8 @@
     python perf/check.py perf/out.json
 
 BENCH_PERF_QUICK=1 runs the quick subset (.ci/perf.sh); BENCH_PERF_MALLOC=default measures with
-glibc's adaptive allocator instead of the pinned one (perf/conftest.py). See perf/README.md for what each
+glibc's adaptive allocator instead of the pinned one (perf/conftest.py); BENCH_PERF_DEVICE=cuda runs
+every step on the GPU (with --benchmark-timer=time.perf_counter). See perf/README.md for what each
 benchmark includes; the step bodies are in bench/perf.py.
 """
 from __future__ import annotations
@@ -62,7 +63,7 @@ def test_step(benchmark, timer, hidden, T, name):
     settled = perf.settle(list(fns.values()) + [fn]) if T > SHORT_T else None
     benchmark.group = f"step h{hidden} T{T}"
     benchmark.extra_info.update(kind=kind, name=name, hidden=hidden, T=T, batch=perf.BATCH, task=perf.TASK,
-                                malloc=perf.MALLOC_MODE, settle_cycles=settled)
+                                malloc=perf.MALLOC_MODE, settle_cycles=settled, **perf.device_info())
     benchmark.pedantic(fn, setup=before, rounds=rounds, warmup_rounds=warmup)
     benchmark.extra_info["ref_times"] = before.measured("ref")
     if "short" in fns:
@@ -75,7 +76,7 @@ def test_reference(benchmark, hidden, T):
     rounds, warmup = ROUNDS[T]
     benchmark.group = f"step h{hidden} T{T}"
     benchmark.extra_info.update(kind="reference", name="ref:nn.LSTM", hidden=hidden, T=T, batch=perf.BATCH,
-                                malloc=perf.MALLOC_MODE)
+                                malloc=perf.MALLOC_MODE, **perf.device_info())
     benchmark.pedantic(perf.reference_step(T, hidden), rounds=rounds, warmup_rounds=warmup)
 
 
@@ -99,7 +100,7 @@ def test_harness(benchmark, timer, hidden, T, name, steps):
 
     benchmark.group = f"harness h{hidden} T{T}"
     benchmark.extra_info.update(kind="harness", name=name, hidden=hidden, T=T, steps=steps, batch=perf.BATCH,
-                                malloc=perf.MALLOC_MODE)
+                                malloc=perf.MALLOC_MODE, **perf.device_info())
     benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=warmup)
     bare, parts = bare[warmup:], parts[warmup:]
     benchmark.extra_info["bare_step"] = bare
@@ -119,12 +120,12 @@ def test_default_run(benchmark, timer, name):
 
     def run():
         with perf.engine_clock(timer):
-            out["rec"] = train(RunSpec(task=perf.TASK, length=100, mitigation=name, device="cpu", threads=1))
+            out["rec"] = train(RunSpec(task=perf.TASK, length=100, mitigation=name, device=perf.DEVICE, threads=1))
 
     benchmark.group = "default run h64 T100"
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
     tm = out["rec"]["timing"]
-    benchmark.extra_info.update(kind="default_run", malloc=perf.MALLOC_MODE, name=name, hidden=64, T=100, steps=out["rec"]["steps"],
+    benchmark.extra_info.update(kind="default_run", malloc=perf.MALLOC_MODE, **perf.device_info(), name=name, hidden=64, T=100, steps=out["rec"]["steps"],
                                 outcome=out["rec"]["outcome"], diagnostics_s=tm["diagnostics_s"],
                                 wall_s=tm["wall_s"], eval_s=tm["eval_s"], train_s=tm["train_s"])
 
@@ -132,6 +133,9 @@ def test_default_run(benchmark, timer, name):
 # -- the step bodies above still are the engine's step --------------------------------------------
 @pytest.mark.parametrize("name", ["rnn+clipnorm:1", "lstm+clipvalue:1", "gru", "bn_lstm", "ln_rnn", "lstm+tbptt:5"])
 def test_engine_step_mirrors_train(name):
-    """bench.perf.EngineStep computes the same losses and gradient norms as bench.train.train;
-    if this fails, the engine's step changed: update EngineStep (and the baseline)."""
+    """bench.perf.EngineStep computes the same losses and gradient norms as bench.train.train
+    (on the suite's device; on the CPU also with the host checks deferred, as on CUDA); if this
+    fails, the engine's step changed: update EngineStep (and the baseline)."""
     perf.mirror_check(name)
+    if perf.DEVICE == "cpu":
+        perf.mirror_check(name, defer_host_checks=True)

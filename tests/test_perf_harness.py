@@ -29,3 +29,122 @@ def test_settle_gives_up_after_max_rounds_while_memory_keeps_growing(monkeypatch
 
     assert perf.settle([grow], max_rounds=3) == 3
     assert len(kept) == 3
+
+
+# -- the device the suite runs on (BENCH_PERF_DEVICE) ---------------------------------------------
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from bench.errors import BenchError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_configure_device_names_the_valid_choices(monkeypatch):
+    monkeypatch.setattr(perf, "DEVICE", "cpu")
+    assert perf.configure_device(None) == "cpu" and perf.configure_device(" cpu ") == "cpu"
+    for bad in ("gpu", "cuda0", "cuda:x", "mps"):
+        with pytest.raises(BenchError, match="valid choices: cpu, cuda, cuda:N"):
+            perf.configure_device(bad)
+    assert perf.DEVICE == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_configure_device_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(perf, "DEVICE", "cpu")
+    with pytest.raises(BenchError, match="CUDA is not available here; valid choices: cpu"):
+        perf.configure_device("cuda:0")
+    assert perf.DEVICE == "cpu"
+
+
+def test_perf_suite_refuses_an_unknown_device_before_running_anything():
+    r = subprocess.run([sys.executable, "-m", "pytest", "perf", "-q", "--collect-only", "-p", "no:cacheprovider"],
+                       cwd=ROOT, env={**__import__("os").environ, "BENCH_PERF_DEVICE": "tpu"},
+                       capture_output=True, text=True)
+    assert r.returncode == 4, r.stdout + r.stderr  # pytest's usage error
+    assert "BENCH_PERF_DEVICE='tpu' is not a device; valid choices" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name", ["rnn+clipnorm:1", "lstm+clipvalue:0.5", "ln_lstm", "gru+tbptt:5"])
+def test_engine_step_with_deferred_host_checks_computes_the_same_step(name):
+    """The CUDA form of EngineStep (loss and gradient norm left on the device, one sync at the end
+    of the step) trains exactly as the per-step-checked form; here both on the CPU."""
+    a = perf.EngineStep(name, 20, 8, batch=8, heldout_size=32, device="cpu", defer_host_checks=False)
+    b = perf.EngineStep(name, 20, 8, batch=8, heldout_size=32, device="cpu", defer_host_checks=True)
+    for _ in range(4):
+        a()
+        b()
+    assert all(isinstance(v, torch.Tensor) for v in b.losses + b.gnorms)
+    assert a.losses == [float(v) for v in b.losses]
+    assert a.gnorms == [float(v) for v in b.gnorms]
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q)
+    perf.mirror_check(name, device="cpu", defer_host_checks=True)
+
+
+def test_bare_round_waits_for_the_device_only_at_the_end():
+    bare = perf.BareStep("gru", 10, 8, batch=4, device="cpu")
+    seen = []
+    orig = perf._sync
+    try:
+        perf._sync = lambda dev: seen.append(bare.sync_each)
+        perf.bare_round(bare, 3)
+        bare()
+    finally:
+        perf._sync = orig
+    assert seen == [False, True]  # one sync after the 3 loop steps; a plain call syncs itself
+    assert bare.sync_each is True
+
+
+# -- perf/check.py ----------------------------------------------------------------------------------
+def _bench_json(step_s: float, device: str = "cpu", ref_s: float = 0.010):
+    def b(name, med, **extra):
+        return {"name": f"test_step[{name}]", "fullname": f"perf/test_perf.py::test_step[{name}]",
+                "stats": {"median": med}, "options": {"timer": "process_time"},
+                "extra_info": {"kind": "step", "name": name, "hidden": 64, "T": 100, "batch": 64,
+                               "malloc": "pinned", "device": device, "ref_times": [ref_s] * 3, **extra}}
+    return {"benchmarks": [b("bn_lstm", step_s), b("lstm", ref_s)], "commit_info": {"id": "x" * 40}}
+
+
+def _check(tmp_path, *args):
+    return subprocess.run([sys.executable, str(ROOT / "perf" / "check.py"), *map(str, args),
+                           "--report", str(tmp_path / "out.md")], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_check_fails_on_a_regressed_ratio_and_passes_within_tolerance(tmp_path):
+    base, slow, same = tmp_path / "base.json", tmp_path / "slow.json", tmp_path / "same.json"
+    (tmp_path / "a.json").write_text(json.dumps(_bench_json(0.020)))
+    slow.write_text(json.dumps(_bench_json(0.030)))   # bn_lstm 2.0x -> 3.0x the reference: +50%
+    same.write_text(json.dumps(_bench_json(0.022)))   # +10%, inside the default 25%
+    r = _check(tmp_path, tmp_path / "a.json", "--save-baseline", "--baseline", base)
+    assert r.returncode == 0, r.stderr
+    saved = json.loads(base.read_text())
+    assert saved["ratios"]["step/h64-T100/bn_lstm"] == 2.0 and saved["measured"]["device"] == "cpu"
+    r = _check(tmp_path, slow, "--baseline", base, "--no-retry")
+    assert r.returncode == 1 and "REGRESSED" in r.stdout and "step/h64-T100/bn_lstm" in r.stdout
+    r = _check(tmp_path, same, "--baseline", base, "--no-retry")
+    assert r.returncode == 0 and "OK: no ratio regressed" in r.stdout
+
+
+def test_check_never_compares_one_device_with_another(tmp_path):
+    base = tmp_path / "base.json"
+    (tmp_path / "cpu.json").write_text(json.dumps(_bench_json(0.020)))
+    (tmp_path / "gpu.json").write_text(json.dumps(_bench_json(0.020, device="cuda:0")))
+    assert _check(tmp_path, tmp_path / "cpu.json", "--save-baseline", "--baseline", base).returncode == 0
+    r = _check(tmp_path, tmp_path / "gpu.json", "--baseline", base)
+    assert r.returncode == 2 and "measured on cuda, the baseline" in r.stderr and "on cpu" in r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "perf" / "check.py"), "--compare", tmp_path / "cpu.json",
+                        tmp_path / "gpu.json"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "not comparable" in r.stderr
+
+
+def test_check_without_a_baseline_for_the_device_says_so(tmp_path):
+    (tmp_path / "gpu.json").write_text(json.dumps(_bench_json(0.020, device="cuda")))
+    r = _check(tmp_path, tmp_path / "gpu.json", "--baseline", tmp_path / "none.json")
+    assert r.returncode == 0 and "no baseline at" in r.stdout and "--save-baseline" in r.stdout
