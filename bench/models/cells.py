@@ -267,7 +267,8 @@ class NormRecurrence(Recurrence):
         grad = torch.is_grad_enabled()
         for s, e in _chunks(T, tbptt):
             with torch.set_grad_enabled(grad and s >= no_grad_before):
-                hs, c = NormSeq.apply(dict(cfg, t0=s), xs[s:e], h.detach(), c.detach(), self.w_hh,
+                # the whole sequence unsliced: a slice's backward zero-fills and copies a (T, B, G) buffer
+                hs, c = NormSeq.apply(dict(cfg, t0=s), xs if (s, e) == (0, T) else xs[s:e], h.detach(), c.detach(), self.w_hh,
                                       self.gain_h, self.bias if not lstm else None, *gain_c_bias)
             outs.append(hs)
             h = hs[-1]
