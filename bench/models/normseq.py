@@ -9,12 +9,12 @@ backward needs; the backward runs the time loop once with PyTorch's own fused ke
 gradient dW_hh = sum_t dp_t^T h_{t-1} is one matrix product over all steps. tanh is taken as
 2*sigmoid(2x) - 1 (several times cheaper than torch.tanh on CPU; equal to rounding).
 
-On the CPU the LSTM's two time loops run as TorchScript functions (`_lstm_forward_loop`,
-`_lstm_backward_loop`: the same operations on the same buffers, so the same numbers bit for bit,
-tested; 4-17% faster steps at hidden 64, where the per-call cost of ~28 small operations per time
-step is most of the work). BENCH_NORMSEQ_JIT=0 keeps the Python loops; so does a TorchScript that
-cannot compile (with a warning). Other devices run the Python loops (the scripted form is not
-measured on a GPU).
+The LSTM's two time loops are the functions `_lstm_forward_loop` / `_lstm_backward_loop`. On the
+CPU they run compiled by TorchScript (the same operations on the same buffers, so the same numbers
+bit for bit, tested; 4-17% faster steps at hidden 64, where the per-call cost of ~28 small
+operations per time step is most of the work); with BENCH_NORMSEQ_JIT=0, a TorchScript that cannot
+compile (with a warning), or on other devices (not measured on a GPU) Python runs the same
+functions. The RNN's loops are plain Python.
 
 The cell-loop twin (NormRecurrence.loop, plain autograd) computes the same function: tests
 check values, gradients and running statistics against it. Probes, gate recording and
@@ -33,7 +33,6 @@ from torch import Tensor
 _LN_BWD = torch.ops.aten.native_layer_norm_backward.default
 _BN_BWD = torch.ops.aten.native_batch_norm_backward.default
 _SIGMOID_BWD = torch.ops.aten.sigmoid_backward.grad_input
-_TANH_BWD = torch.ops.aten.tanh_backward.grad_input
 
 
 class _Norm:
@@ -88,139 +87,90 @@ class NormSeq(torch.autograd.Function):
         t0, norm = cfg["t0"], cfg["norm"]
         common = (cfg["eps"], cfg["training"], cfg["momentum"])
         stats_h = (cfg["rm_h"], cfg["rv_h"], cfg["max_steps"])
-        stats_c = (cfg["rm_c"], cfg["rv_c"], cfg["max_steps"])
         new = xs.new_empty
         hbuf = new(T + 1, B, H)  # h_{-1} = h0, then h_0 .. h_{T-1}
         hbuf[0] = h0
         vin = new(T, B, G)  # input of the recurrent norm (W_h h, or x-term + W_h h)
-        # every per-step view is made once, outside the loop (indexing costs as much as a small op)
-        hb, vb = hbuf.unbind(0), vin.unbind(0)
         Wt = W.t()
-        sa, sb = [None] * T, [None] * T
+        ctx.cfg, ctx.dims = cfg, (T, B, G, H, lstm, ln_rnn)
         if lstm:
             scale = torch.ones(G, dtype=xs.dtype, device=xs.device)
             scale[2 * H:3 * H] = 2
-            nh = _Norm(norm, G, gain_h * scale, None, *common, *stats_h)
-            nc = _Norm(norm, H, gain_c * 2, bias_c * 2, *common, *stats_c)
             xs = torch.mul(xs, scale, out=new(T, B, G))  # contiguous (T, B, G) whatever came in
             act = new(T, B, G)  # sigmoid(i), sigmoid(f), sigmoid(2g), sigmoid(o)
             tg = new(T, B, H)  # tanh(g)
             cbuf = new(T + 1, B, H)
             cbuf[0] = c0
             tcn = new(T, B, H)  # tanh(c_n)
-            ca, cb = [None] * T, [None] * T
-            ab, tgb, cbb, tcb = act.unbind(0), tg.unbind(0), cbuf.unbind(0), tcn.unbind(0)
-            ai, af, ag, ao = (act[:, :, k * H:(k + 1) * H].unbind(0) for k in range(4))
+            ctx.sa, ctx.sb, ctx.ca, ctx.cb = _lstm_loop("forward", xs.device)(
+                xs, hbuf, vin, act, tg, cbuf, tcn, Wt, norm == "ln", gain_h * scale, gain_c * 2, bias_c * 2,
+                *common, *_stats(cfg), t0, cfg["max_steps"] - 1)
+            ctx.weights = (gain_h, gain_c, bias_c)  # the backward's norms: the undoubled weights
+            ctx.scale4 = scale * scale  # d/da of sigmoid(2g) -> tanh'(g): factor 4 on the g block
+            ctx.save_for_backward(hbuf, vin, W, act, tg, cbuf, tcn)
+            c_last = cbuf[T]
         else:
+            # every per-step view is made once, outside the loop (indexing costs as much as a small op)
+            hb, vb = hbuf.unbind(0), vin.unbind(0)
+            sa, sb = [None] * T, [None] * T
             nh = _Norm(norm, G, gain_h * 2, bias * 2 if ln_rnn else None, *common, *stats_h)
             xs = xs.contiguous() if ln_rnn else torch.mul(xs, 2, out=new(T, B, G))
             sig = new(T, B, H)  # sigmoid(2 pre)
-            sgb = sig.unbind(0)
-        fwd = _scripted("_lstm_forward_loop") if lstm and xs.device.type == "cpu" else None
-        if fwd is not None:
-            sa, sb, ca, cb = fwd(xs, hbuf, vin, act, tg, cbuf, tcn, Wt, norm == "ln", nh.w, nc.w, nc.b, cfg["eps"],
-                                 cfg["training"], cfg["momentum"], cfg["rm_h"], cfg["rv_h"], cfg["rm_c"], cfg["rv_c"],
-                                 t0, cfg["max_steps"] - 1)
-        xb = xs.unbind(0)
-        h = hb[0]
-        for t in range(T if fwd is None else 0):
-            v = vb[t]
-            if ln_rnn:
-                torch.addmm(xb[t], h, Wt, out=v)
-            else:
-                torch.mm(h, Wt, out=v)
-            n, sa[t], sb[t] = nh.fwd(v, t0 + t)
-            if not lstm:
+            sgb, xb = sig.unbind(0), xs.unbind(0)
+            h = hb[0]
+            for t in range(T):
+                v = vb[t]
+                if ln_rnn:
+                    torch.addmm(xb[t], h, Wt, out=v)
+                else:
+                    torch.mm(h, Wt, out=v)
+                n, sa[t], sb[t] = nh.fwd(v, t0 + t)
                 # h = tanh(pre) = 2 sigmoid(2 pre) - 1; n holds 2 * the norm's output
                 sg = torch.sigmoid(n if ln_rnn else n.add_(xb[t]), out=sgb[t])
                 h = torch.mul(sg, 2, out=hb[t + 1]).sub_(1)
-                continue
-            torch.sigmoid(n.add_(xb[t]), out=ab[t])
-            g = torch.mul(ag[t], 2, out=tgb[t]).sub_(1)
-            c = torch.addcmul(af[t] * cbb[t], ai[t], g, out=cbb[t + 1])
-            cn, ca[t], cb[t] = nc.fwd(c, t0 + t)
-            tc = torch.sigmoid(cn, out=tcb[t]).mul_(2).sub_(1)
-            h = torch.mul(ao[t], tc, out=hb[t + 1])
-        ctx.cfg, ctx.dims = cfg, (T, B, G, H, lstm, ln_rnn)
-        ctx.sa, ctx.sb = sa, sb
-        # the backward's norms: the model's own (undoubled) weights, the same statistics
-        ctx.nh = _Norm(norm, G, gain_h, bias if ln_rnn else None, *common, *stats_h)
-        saved = [hbuf, vin, W]
-        if lstm:
-            ctx.nc = _Norm(norm, H, gain_c, bias_c, *common, *stats_c)
-            ctx.ca, ctx.cb = ca, cb
-            ctx.scale4 = scale * scale  # d/da of sigmoid(2g) -> tanh'(g): factor 4 on the g block
-            saved += [act, tg, cbuf, tcn]
-        else:
-            saved += [sig]
-        ctx.save_for_backward(*saved)
-        c_last = cbuf[T] if lstm else xs.new_empty(0)
+            ctx.sa, ctx.sb = sa, sb
+            # the backward's norm: the model's own (undoubled) weights, the same statistics
+            ctx.nh = _Norm(norm, G, gain_h, bias if ln_rnn else None, *common, *stats_h)
+            ctx.save_for_backward(hbuf, vin, W, sig)
+            c_last = xs.new_empty(0)
         ctx.mark_non_differentiable(c_last)
         return hbuf[1:], c_last
 
     @staticmethod
     def backward(ctx, dhs, _dc_last):
         T, B, G, H, lstm, ln_rnn = ctx.dims
-        t0 = ctx.cfg["t0"]
-        nh, sa, sb = ctx.nh, ctx.sa, ctx.sb
+        cfg = ctx.cfg
+        t0 = cfg["t0"]
         need = ctx.needs_input_grad
         new = dhs.new_empty
-        dhb = dhs.contiguous().unbind(0)
+        dhs = dhs.contiguous()
         dxs = new(T, B, G)
         dv = dxs if ln_rnn else new(T, B, G)  # ln_rnn: x-term and W_h h share the norm
-        dxb, dvb = dxs.unbind(0), dv.unbind(0)
-        dgain_h = torch.zeros_like(nh.w)
-        dbias = torch.zeros_like(nh.w) if ln_rnn else None
-        maskh = [True, True, ln_rnn]
         if lstm:
             hbuf, vin, W, act, tg, cbuf, tcn = ctx.saved_tensors
-            nc, scale4, ca, cb = ctx.nc, ctx.scale4, ctx.ca, ctx.cb
-            dgain_c = torch.zeros_like(nc.w)
-            dbias_c = torch.zeros_like(nc.b)
-            dc = dhs.new_zeros(B, H)
-            dcn = new(B, H)
-            ab, tgb, cbb, tcb = act.unbind(0), tg.unbind(0), cbuf.unbind(0), tcn.unbind(0)
-            ai, af, ag, ao = (act[:, :, k * H:(k + 1) * H].unbind(0) for k in range(4))
-            di, df, dg_, do = (dxs[:, :, k * H:(k + 1) * H].unbind(0) for k in range(4))
-            mask3 = [True, True, True]
+            gain_h, gain_c, bias_c = ctx.weights
+            dh, dc, dgain_h, dgain_c, dbias_c = _lstm_loop("backward", dhs.device)(
+                dhs, dxs, dv, hbuf, vin, W, act, tg, cbuf, tcn, ctx.scale4, cfg["norm"] == "ln", gain_h, gain_c,
+                bias_c, cfg["eps"], cfg["training"], *_stats(cfg), t0, cfg["max_steps"] - 1,
+                ctx.sa, ctx.sb, ctx.ca, ctx.cb)
         else:
             hbuf, vin, W, sig = ctx.saved_tensors
-            sgb = sig.unbind(0)
-        vb = vin.unbind(0)
-        dh = None
-        bwd = _scripted("_lstm_backward_loop") if lstm and dhs.device.type == "cpu" else None
-        if bwd is not None:
-            cfg = ctx.cfg
-            dh, dc, dgain_h, dgain_c, dbias_c = bwd(
-                dhs.contiguous(), dxs, dv, hbuf, vin, W, act, tg, cbuf, tcn, scale4, cfg["norm"] == "ln", nh.w, nc.w,
-                nc.b, cfg["eps"], cfg["training"], cfg["rm_h"], cfg["rv_h"], cfg["rm_c"], cfg["rv_c"], t0,
-                cfg["max_steps"] - 1, sa, sb, ca, cb)
-        for t in range(T - 1, -1, -1) if bwd is None else ():
-            g_out = dhb[t] if dh is None else dhb[t] + dh
-            if lstm:
-                tc = tcb[t]
-                torch.mul(g_out, tc, out=do[t])  # dL/d sigmoid(o)
-                _TANH_BWD(g_out * ao[t], tc, grad_input=dcn)
-                dcl, dgc, dbc = nc.bwd(dcn, cbb[t + 1], t0 + t, ca[t], cb[t], mask3)
-                dgain_c += dgc
-                dbias_c += dbc
-                dc = dcl.add_(dc)
-                torch.mul(dc, tgb[t], out=di[t])  # dL/d sigmoid(i)
-                torch.mul(dc, cbb[t], out=df[t])  # dL/d sigmoid(f)
-                torch.mul(dc, ai[t], out=dg_[t])  # dL/d tanh(g)
-                dc = dc * af[t]
-                # sigmoid' = s (1 - s) on every block; on the g block s = sigmoid(2g) and
-                # tanh'(g) = 1 - tanh(g)^2 = 4 s (1 - s)
-                gn = _SIGMOID_BWD(dxb[t], ab[t], grad_input=dxb[t]).mul_(scale4)
-            else:
+            nh, sa, sb = ctx.nh, ctx.sa, ctx.sb
+            dhb, dxb, dvb, vb, sgb = dhs.unbind(0), dxs.unbind(0), dv.unbind(0), vin.unbind(0), sig.unbind(0)
+            dgain_h = torch.zeros_like(nh.w)
+            dbias = torch.zeros_like(nh.w) if ln_rnn else None
+            maskh = [True, True, ln_rnn]
+            dh = None
+            for t in range(T - 1, -1, -1):
+                g_out = dhb[t] if dh is None else dhb[t] + dh
                 # h = 2 sigmoid(2 pre) - 1: dh/dpre = 4 s (1 - s)
                 gn = _SIGMOID_BWD(g_out, sgb[t], grad_input=new(B, G) if ln_rnn else dxb[t]).mul_(4)
-            dvt, dg, db = nh.bwd(gn, vb[t], t0 + t, sa[t], sb[t], maskh)
-            dgain_h += dg
-            if ln_rnn:
-                dbias += db
-            dvb[t].copy_(dvt)
-            dh = torch.mm(dvt, W)
+                dvt, dg, db = nh.bwd(gn, vb[t], t0 + t, sa[t], sb[t], maskh)
+                dgain_h += dg
+                if ln_rnn:
+                    dbias += db
+                dvb[t].copy_(dvt)
+                dh = torch.mm(dvt, W)
         dW = torch.mm(dv.view(T * B, G).t(), hbuf[:-1].reshape(T * B, H)) if need[4] else None
         grads = [None, dxs if need[1] else None, dh if need[2] else None]
         if lstm:
@@ -230,26 +180,23 @@ class NormSeq(torch.autograd.Function):
         return tuple(grads)
 
 
-# ---------------------------------------------------------------------------------------------
-# The LSTM time loops in TorchScript
-# ---------------------------------------------------------------------------------------------
-# The same operations as NormSeq's Python loops, in the same order on the same buffers (so the
-# same numbers, bit for bit: tested), run by TorchScript's interpreter: per operation it costs a
-# fraction of a Python call, and at hidden 64 the ~13 forward and ~15 backward operations of a
-# step are dominated by that per-call cost. Compiled on first use in a process (0.07 s here; the
-# first call profiles, ~0.2 s); BENCH_NORMSEQ_JIT=0 keeps the Python loops.
-def _bn_fwd(v: Tensor, w: Tensor, b: Optional[Tensor], rm: Optional[Tensor], rv: Optional[Tensor], i: int,
-            training: bool, momentum: float, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
-    if rm is not None and rv is not None:
-        return torch.native_batch_norm(v, w, b, rm[i], rv[i], training, momentum, eps)
-    return torch.native_batch_norm(v, w, b, None, None, training, momentum, eps)
+def _stats(cfg):
+    """The running statistics (rm_h, rv_h, rm_c, rv_c): (max_steps, D) buffers, or None."""
+    return cfg["rm_h"], cfg["rv_h"], cfg["rm_c"], cfg["rv_c"]
 
 
-def _bn_bwd(g: Tensor, v: Tensor, w: Tensor, rm: Optional[Tensor], rv: Optional[Tensor], i: int, sa: Tensor,
-            sb: Tensor, training: bool, eps: float, mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+# ---------------------------------------------------------------------------------------------
+# The LSTM time loops (TorchScript-compatible Python)
+# ---------------------------------------------------------------------------------------------
+# Run by TorchScript's interpreter on the CPU (`_lstm_loop`): per operation it costs a fraction
+# of a Python call, and at hidden 64 the ~13 forward and ~15 backward operations of a step are
+# dominated by that per-call cost. Compiled on first use in a process (0.07 s here; the first
+# call profiles, ~0.2 s). The values are the same either way, bit for bit (tested).
+def _rows(rm: Optional[Tensor], rv: Optional[Tensor], i: int) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """Step i's rows of the running statistics (None, None when they are not kept)."""
     if rm is not None and rv is not None:
-        return torch.ops.aten.native_batch_norm_backward(g, v, w, rm[i], rv[i], sa, sb, training, eps, mask)
-    return torch.ops.aten.native_batch_norm_backward(g, v, w, None, None, sa, sb, training, eps, mask)
+        return rm[i], rv[i]
+    return None, None
 
 
 def _lstm_forward_loop(xs: Tensor, hbuf: Tensor, vin: Tensor, act: Tensor, tg: Tensor, cbuf: Tensor,
@@ -274,7 +221,8 @@ def _lstm_forward_loop(xs: Tensor, hbuf: Tensor, vin: Tensor, act: Tensor, tg: T
         if ln:
             n, a1, b1 = torch.native_layer_norm(v, [G], wh, None, eps)
         else:
-            n, a1, b1 = _bn_fwd(v, wh, None, rm_h, rv_h, i, training, momentum, eps)
+            rm, rv = _rows(rm_h, rv_h, i)
+            n, a1, b1 = torch.native_batch_norm(v, wh, None, rm, rv, training, momentum, eps)
         sa.append(a1)
         sb.append(b1)
         torch.sigmoid(n.add_(xb[t]), out=ab[t])
@@ -283,7 +231,8 @@ def _lstm_forward_loop(xs: Tensor, hbuf: Tensor, vin: Tensor, act: Tensor, tg: T
         if ln:
             cn, a2, b2 = torch.native_layer_norm(c, [H], wc, bc, eps)
         else:
-            cn, a2, b2 = _bn_fwd(c, wc, bc, rm_c, rv_c, i, training, momentum, eps)
+            rm, rv = _rows(rm_c, rv_c, i)
+            cn, a2, b2 = torch.native_batch_norm(c, wc, bc, rm, rv, training, momentum, eps)
         ca.append(a2)
         cb.append(b2)
         tc = torch.sigmoid(cn, out=tcb[t]).mul_(2).sub_(1)
@@ -323,7 +272,9 @@ def _lstm_backward_loop(dhs: Tensor, dxs: Tensor, dv: Tensor, hbuf: Tensor, vin:
         if ln:
             dcl, dgc, dbc = torch.ops.aten.native_layer_norm_backward(dcn, cbb[t + 1], [H], ca[t], cb[t], wc, bc, mask3)
         else:
-            dcl, dgc, dbc = _bn_bwd(dcn, cbb[t + 1], wc, rm_c, rv_c, i, ca[t], cb[t], training, eps, mask3)
+            rm, rv = _rows(rm_c, rv_c, i)
+            dcl, dgc, dbc = torch.ops.aten.native_batch_norm_backward(dcn, cbb[t + 1], wc, rm, rv, ca[t], cb[t],
+                                                                      training, eps, mask3)
         dgain_c += dgc
         dbias_c += dbc
         dc = dcl.add_(dc)
@@ -335,7 +286,9 @@ def _lstm_backward_loop(dhs: Tensor, dxs: Tensor, dv: Tensor, hbuf: Tensor, vin:
         if ln:
             dvt, dg, db = torch.ops.aten.native_layer_norm_backward(gn, vb[t], [G], sa[t], sb[t], wh, None, maskh)
         else:
-            dvt, dg, db = _bn_bwd(gn, vb[t], wh, rm_h, rv_h, i, sa[t], sb[t], training, eps, maskh)
+            rm, rv = _rows(rm_h, rv_h, i)
+            dvt, dg, db = torch.ops.aten.native_batch_norm_backward(gn, vb[t], wh, rm, rv, sa[t], sb[t], training,
+                                                                    eps, maskh)
         dgain_h += dg
         dvb[t].copy_(dvt)
         dh = torch.mm(dvt, W)
@@ -343,6 +296,13 @@ def _lstm_backward_loop(dhs: Tensor, dxs: Tensor, dv: Tensor, hbuf: Tensor, vin:
 
 
 _JIT = {}
+
+
+def _lstm_loop(which: str, device: torch.device):
+    """The LSTM's `which` ("forward" / "backward") time loop: compiled by TorchScript on the CPU,
+    else (other devices, BENCH_NORMSEQ_JIT=0, no TorchScript) the same function run by Python."""
+    name = f"_lstm_{which}_loop"
+    return (_scripted(name) if device.type == "cpu" else None) or globals()[name]
 
 
 def _scripted(name: str):
