@@ -141,21 +141,22 @@ def summary_md(data: dict) -> str:
     return table(rows, ["step"] + [f"h{h} T{T}: ms (x LSTM)" for h, T in sizes])
 
 
-def malloc_of(data: dict) -> str:
+def extra_of(data: dict, key: str, default=None):
+    """The first benchmark's non-empty extra_info[key] (they all run in one session), else default."""
     for b in data.get("benchmarks", []):
-        m = (b.get("extra_info") or {}).get("malloc")
-        if m:
-            return m
-    return "default"
+        v = (b.get("extra_info") or {}).get(key)
+        if v:
+            return v
+    return default
+
+
+def malloc_of(data: dict) -> str:
+    return extra_of(data, "malloc", "default")
 
 
 def device_of(data: dict) -> str:
     """"cpu" or "cuda" (the device type the benchmarks ran on; results without it are CPU's)."""
-    for b in data.get("benchmarks", []):
-        d = (b.get("extra_info") or {}).get("device")
-        if d:
-            return d.split(":")[0]
-    return "cpu"
+    return extra_of(data, "device", "cpu").split(":")[0]
 
 
 def timer_of(data: dict) -> str:
@@ -234,8 +235,7 @@ def main(argv=None) -> int:
                          "timer": timer_of(data),
                          "malloc": malloc_of(data),
                          "device": dev,
-                         "device_name": next((b["extra_info"].get("device_name") for b in data["benchmarks"]
-                                              if (b.get("extra_info") or {}).get("device_name")), None),
+                         "device_name": extra_of(data, "device_name"),
                          "cpu": (mi.get("cpu") or {}).get("brand_raw"),
                          "quick": os.environ.get("BENCH_PERF_QUICK", ""),
                          "note": "2 shared CPU cores, noisy; torch.set_num_threads(1)" if dev == "cpu"

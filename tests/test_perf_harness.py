@@ -1,7 +1,17 @@
 """The perf suite's measuring helpers (bench.perf) that are not benchmarks themselves."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
 from bench import perf, runtime
+from bench.errors import BenchError
 
 
 def test_settle_does_nothing_without_the_pinned_allocator(monkeypatch):
@@ -32,16 +42,6 @@ def test_settle_gives_up_after_max_rounds_while_memory_keeps_growing(monkeypatch
 
 
 # -- the device the suite runs on (BENCH_PERF_DEVICE) ---------------------------------------------
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from bench.errors import BenchError  # noqa: E402
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -64,7 +64,7 @@ def test_configure_device_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
 
 def test_perf_suite_refuses_an_unknown_device_before_running_anything():
     r = subprocess.run([sys.executable, "-m", "pytest", "perf", "-q", "--collect-only", "-p", "no:cacheprovider"],
-                       cwd=ROOT, env={**__import__("os").environ, "BENCH_PERF_DEVICE": "tpu"},
+                       cwd=ROOT, env={**os.environ, "BENCH_PERF_DEVICE": "tpu"},
                        capture_output=True, text=True)
     assert r.returncode == 4, r.stdout + r.stderr  # pytest's usage error
     assert "BENCH_PERF_DEVICE='tpu' is not a device; valid choices" in r.stderr
