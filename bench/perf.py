@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import statistics
 import time
 from contextlib import contextmanager
@@ -64,23 +63,13 @@ DEVICE = "cpu"  # where the steps run: configure_device (perf/conftest.py, BENCH
 
 def configure_device(name: Optional[str]) -> str:
     """Set DEVICE from `name` ("cpu", "cuda" or "cuda:N"; empty/None = cpu). A name that is not
-    a device, or CUDA that is not here, raises BenchError naming the valid choices."""
-    from .errors import BenchError
+    a device, or CUDA that is not here, raises BenchError naming the valid choices
+    (bench.devices.resolve_device, the check training uses too)."""
+    from .devices import resolve_device
 
     global DEVICE
     name = (name or "cpu").strip()
-    if name == "cpu":
-        DEVICE = name
-        return DEVICE
-    m = re.fullmatch(r"cuda(?::(\d+))?", name)
-    if not m:
-        raise BenchError(f"BENCH_PERF_DEVICE={name!r} is not a device; valid choices: cpu, cuda, cuda:N")
-    if not torch.cuda.is_available():
-        raise BenchError(f"BENCH_PERF_DEVICE={name!r}: CUDA is not available here; valid choices: cpu")
-    n = torch.cuda.device_count()
-    if m.group(1) is not None and int(m.group(1)) >= n:
-        raise BenchError(f"BENCH_PERF_DEVICE={name!r}: this machine has {n} CUDA device(s); "
-                         f"valid choices: cpu, cuda, {', '.join(f'cuda:{i}' for i in range(n))}")
+    resolve_device(name, label="BENCH_PERF_DEVICE=", allow_auto=False)
     DEVICE = name
     return DEVICE
 

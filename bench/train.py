@@ -11,6 +11,7 @@ import torch
 
 from . import diagnostics
 from .data import TaskData
+from .devices import resolve_device  # noqa: F401  (bench.train.resolve_device: the training path's name for it)
 from .errors import BenchError
 from .models import build_model, parse_mitigation
 from .models.mitigations import check_for_task
@@ -22,14 +23,6 @@ from .tasks import make_task
 
 RECORD_VERSION = 1
 EVAL_CHUNK = 250
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BenchError("device 'cuda' requested but CUDA is not available here; valid choices: auto, cpu")
-    return torch.device(device)
 
 
 def make_optimizer(name: str, params, lr: float):

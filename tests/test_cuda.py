@@ -26,6 +26,34 @@ def test_cuda_without_a_gpu_is_a_clear_error_record():
     assert rec["outcome"] == "error" and "valid choices" in rec["error"]["message"]
 
 
+def test_device_names_are_checked_in_one_place(monkeypatch):
+    """bench.devices.resolve_device checks names for training and for the perf suite alike; what
+    is here is faked (no GPU needed): names, a missing GPU, and a device index past the last GPU."""
+    from bench import devices, perf
+
+    assert resolve_device is devices.resolve_device
+    assert devices.resolve_device(" cpu ").type == "cpu"
+    for bad in ("gpu", "cuda0", "cuda:x", "mps", ""):
+        with pytest.raises(BenchError, match=r"is not a device; valid choices: auto, cpu, cuda, cuda:N"):
+            devices.resolve_device(bad)
+    with pytest.raises(BenchError, match=r"BENCH_PERF_DEVICE='auto' is not a device; valid choices: cpu, cuda, cuda:N"):
+        perf.configure_device("auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices.resolve_device("auto").type == "cpu"
+    with pytest.raises(BenchError, match=r"'cuda:0' requested but CUDA is not available here; valid choices: auto, cpu$"):
+        devices.resolve_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert devices.resolve_device("auto") == torch.device("cuda")
+    assert devices.resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(BenchError, match=r"this machine has 2 CUDA device\(s\); valid choices: cpu, cuda, cuda:0, cuda:1$"):
+        devices.resolve_device("cuda:2", label="BENCH_PERF_DEVICE=", allow_auto=False)
+    monkeypatch.setattr(perf, "DEVICE", "cpu")
+    with pytest.raises(BenchError, match=r"BENCH_PERF_DEVICE='cuda:5': this machine has 2"):
+        perf.configure_device("cuda:5")
+    assert perf.DEVICE == "cpu" and perf.configure_device("cuda:1") == "cuda:1"
+
+
 @needs_cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("mitigation", ["rnn", "lstm", "gru", "ln_lstm", "bn_rnn", "lstm+tbptt:3+clipnorm:1"])
