@@ -361,3 +361,20 @@ def test_claims_of_the_sweep(built):
     assert claims[5].verdict == C.SUPPORTED  # rnn+radius:2 diverges 10/10, clipped 0/10
     assert claims[1].verdict == C.SUPPORTED
     assert C.NOT_MEASURED in claims[9].reason  # the only tbptt run errored
+
+
+def test_timing_table_ratio_exponent_and_runs():
+    """ms/step at the longest length (median over its runs), the ratio to lstm's there and the
+    log-log scaling exponent over the lengths."""
+    recs = [record(mitigation="lstm", length=L, seed=s, ms=2.0 * L / 20) for L in (20, 40) for s in range(3)]
+    recs += [record(mitigation="gru", length=L, seed=s, ms=m * (L / 20) ** 2) for L in (20, 40)
+             for s, m in enumerate((3.0, 4.0, 6.0))]
+    from bench.report.render import timing_table
+
+    t = timing_table(frame(recs)).set_index("mitigation")
+    assert t.loc["lstm", "ms/step"] == pytest.approx(4.0) and t.loc["lstm", "ratio to lstm"] == pytest.approx(1.0)
+    assert t.loc["gru", "ms/step"] == pytest.approx(16.0) and t.loc["gru", "ratio to lstm"] == pytest.approx(4.0)
+    assert t.loc["lstm", "scaling exponent"] == pytest.approx(1.0) and t.loc["gru", "scaling exponent"] == pytest.approx(2.0)
+    assert (t["runs"] == 3).all() and (t["longest length"] == 40).all()
+    one = timing_table(frame([record(mitigation="lstm", length=20, ms=2.0)]))
+    assert one["runs"].tolist() == [1] and one["ratio to lstm"].iloc[0] == pytest.approx(1.0)

@@ -225,8 +225,8 @@ def grad_norm_table(D: pd.DataFrame, df_all: pd.DataFrame) -> pd.DataFrame:
 
 def timing_table(D: pd.DataFrame) -> pd.DataFrame:
     """Per (task, mitigation): fitted exponent of ms/step vs seq_len (log-log least squares over the
-    lengths' medians), ms/step at the longest length, its ratio to lstm's there, the fwd/bwd/opt
-    split and the median time to solve."""
+    lengths' medians), ms/step at the longest length (and how many runs it is the median of), its
+    ratio to lstm's there, the fwd/bwd/opt split and the median time to solve."""
     d = D[np.isfinite(D["ms_step"])]
     if d.empty:
         return d
@@ -247,6 +247,7 @@ def timing_table(D: pd.DataFrame) -> pd.DataFrame:
                          "longest length": int(L), "ms/step": ms, "fwd ms": at["ms_fwd"].median(),
                          "bwd ms": at["ms_bwd"].median(), "opt ms": at["ms_opt"].median(),
                          "ratio to lstm": ms / lstm_ms if np.isfinite(lstm_ms) and lstm_ms > 0 else np.nan,
+                         "runs": len(at),
                          "median time to solve (s)": at["time_to_solve_s"].median(),
                          "median wall per run (s)": at["wall_s"].median()})
     return pd.DataFrame(rows)
