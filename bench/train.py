@@ -11,8 +11,7 @@ import torch
 
 from . import diagnostics
 from .data import TaskData
-from .devices import resolve_device  # noqa: F401  (bench.train.resolve_device: the training path's name for it)
-from .errors import BenchError
+from .devices import resolve_device
 from .models import build_model, parse_mitigation
 from .models.mitigations import check_for_task
 from .provenance import provenance
