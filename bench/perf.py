@@ -162,19 +162,19 @@ class EngineStep:
         m.append(time.perf_counter())
         params = self.params
         gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        flag = None  # as train(): does clipping by value change anything this step (device bool)
+        if self.clipvalue is not None:
+            flag = torch.stack([(p.grad.abs() > self.clipvalue).any() for p in params if p.grad is not None]).any()
         if self.defer:  # train()'s CUDA loop: values and the clip flag stay on the device
             lval, gval = loss.detach(), gnorm
-            if self.clipvalue is not None:
-                self._flag = torch.stack([(p.grad.abs() > self.clipvalue).any() for p in params
-                                          if p.grad is not None]).any()
-        else:
+        else:  # train()'s host check of every step
             lval, gval = float(loss.detach()), float(gnorm)
             if not (math.isfinite(lval) and math.isfinite(gval)):  # train() would stop the run here
                 self.losses.append(lval)
                 self.gnorms.append(gval)
                 return lval
-            if self.clipvalue is not None:
-                any(bool((p.grad.abs() > self.clipvalue).any()) for p in params if p.grad is not None)
+            if flag is not None:
+                bool(flag)
         if self.clipnorm is not None:
             torch.nn.utils.clip_grads_with_norm_(params, self.clipnorm, gnorm)
         if self.clipvalue is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench import devices, perf
 from bench.errors import BenchError
 from bench.spec import RunSpec
 from bench.train import resolve_device, run_safely, train
@@ -29,8 +30,6 @@ def test_cuda_without_a_gpu_is_a_clear_error_record():
 def test_device_names_are_checked_in_one_place(monkeypatch):
     """bench.devices.resolve_device checks names for training and for the perf suite alike; what
     is here is faked (no GPU needed): names, a missing GPU, and a device index past the last GPU."""
-    from bench import devices, perf
-
     assert resolve_device is devices.resolve_device
     assert devices.resolve_device(" cpu ").type == "cpu"
     for bad in ("gpu", "cuda0", "cuda:x", "mps", ""):

@@ -20,6 +20,7 @@ from bench.report import (FIGURE_NAMES, SECTION_IDS, aggregate_records, evaluate
 from bench.report import claims as C
 from bench.report.__main__ import main as report_main
 from bench.report.aggregate import LIST_COLUMNS, mark_lr_chosen, read_runs, record_to_row, tidy
+from bench.report.render import timing_table
 from bench.tasks import make_task
 
 VERDICTS = {C.SUPPORTED, C.CONTRADICTED, C.INCONCLUSIVE}
@@ -369,8 +370,6 @@ def test_timing_table_ratio_exponent_and_runs():
     recs = [record(mitigation="lstm", length=L, seed=s, ms=2.0 * L / 20) for L in (20, 40) for s in range(3)]
     recs += [record(mitigation="gru", length=L, seed=s, ms=m * (L / 20) ** 2) for L in (20, 40)
              for s, m in enumerate((3.0, 4.0, 6.0))]
-    from bench.report.render import timing_table
-
     t = timing_table(frame(recs)).set_index("mitigation")
     assert t.loc["lstm", "ms/step"] == pytest.approx(4.0) and t.loc["lstm", "ratio to lstm"] == pytest.approx(1.0)
     assert t.loc["gru", "ms/step"] == pytest.approx(16.0) and t.loc["gru", "ratio to lstm"] == pytest.approx(4.0)
