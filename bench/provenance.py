@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import runtime
+from .models import native
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,6 +68,7 @@ def provenance(device, threads) -> dict:
         "threads_requested": threads,
         "git_commit": git_commit(),
         "malloc": runtime.MALLOC_MODE,
+        "normseq_backend": native.backend(),
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

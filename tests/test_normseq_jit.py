@@ -1,5 +1,6 @@
 """The normalized LSTMs' time loops in TorchScript (bench.models.normseq): the same numbers as the
-Python loops, bit for bit, in every mode; the switch and the fallback."""
+Python loops, bit for bit, in every mode; the switch and the fallback. (With the native kernel
+switched off: it replaces both on the CPU when it is built, see test_normseq_native.py.)"""
 from __future__ import annotations
 
 import pytest
@@ -15,6 +16,7 @@ def loops(monkeypatch):
     loops (jit=True) or the Python loops (jit=False), from the same weights and data."""
 
     def run(norm, jit, mode="train", tbptt=None, T=23, H=8, B=5):
+        monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", "0")  # the native kernel: tests/test_normseq_native.py
         monkeypatch.setenv("BENCH_NORMSEQ_JIT", "1" if jit else "0")
         monkeypatch.setattr(normseq, "_JIT", {})
         g = torch.Generator().manual_seed(7)
@@ -56,6 +58,7 @@ def test_a_failing_compilation_falls_back_to_the_python_loops_with_a_warning(mon
     monkeypatch.setattr(torch.jit, "script", broken)
     monkeypatch.setattr(normseq, "_JIT", {})
     monkeypatch.setenv("BENCH_NORMSEQ_JIT", "1")
+    monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", "0")
     with pytest.warns(UserWarning, match="TorchScript unavailable.*no TorchScript here.*same results"):
         assert normseq._scripted("_lstm_forward_loop") is None
     g = torch.Generator().manual_seed(7)

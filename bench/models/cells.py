@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import native
 from .normseq import NormSeq
 
 FAMILIES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
@@ -201,6 +202,8 @@ class NormRecurrence(Recurrence):
             self.bias_c = nn.Parameter(torch.zeros(hidden, **e))
         self.eps = 1e-5
         self.momentum = 0.1
+        if torch.device(device).type == "cpu":
+            native.kernel()  # built (once per machine) or loaded now, in setup, not in the first timed step
         self.update_stats = True  # False while the diagnostics probe in train mode
         if norm == "bn":
             for nm, d in (("x", G), ("h", G), ("c", hidden)):

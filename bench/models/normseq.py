@@ -9,12 +9,15 @@ backward needs; the backward runs the time loop once with PyTorch's own fused ke
 gradient dW_hh = sum_t dp_t^T h_{t-1} is one matrix product over all steps. tanh is taken as
 2*sigmoid(2x) - 1 (several times cheaper than torch.tanh on CPU; equal to rounding).
 
-The LSTM's two time loops are the functions `_lstm_forward_loop` / `_lstm_backward_loop`. On the
-CPU they run compiled by TorchScript (the same operations on the same buffers, so the same numbers
-bit for bit, tested; 4-17% faster steps at hidden 64, where the per-call cost of ~28 small
-operations per time step is most of the work); with BENCH_NORMSEQ_JIT=0, a TorchScript that cannot
-compile (with a warning), or on other devices (not measured on a GPU) Python runs the same
-functions. The RNN's loops are plain Python.
+On the CPU in float32 both families' time loops run in a native kernel (bench/models/normlstm.cpp,
+built on first use by bench.models.native): one matrix product per step and the rest fused, the
+same function as the loops below to rounding (tested), bit for bit run to run. Without it
+(BENCH_NORMSEQ_NATIVE=0, no compiler, float64, other devices) the LSTM's two time loops are the
+functions `_lstm_forward_loop` / `_lstm_backward_loop`, which on the CPU run compiled by TorchScript
+(the same operations on the same buffers, so the same numbers bit for bit, tested; 4-17% faster
+steps at hidden 64 than Python); with BENCH_NORMSEQ_JIT=0, a TorchScript that cannot compile (with a
+warning), or on other devices (not measured on a GPU) Python runs the same functions. The RNN's
+loops are then plain Python.
 
 The cell-loop twin (NormRecurrence.loop, plain autograd) computes the same function: tests
 check values, gradients and running statistics against it. Probes, gate recording and
@@ -102,7 +105,9 @@ class NormSeq(torch.autograd.Function):
             cbuf = new(T + 1, B, H)
             cbuf[0] = c0
             tcn = new(T, B, H)  # tanh(c_n)
-            ctx.sa, ctx.sb, ctx.ca, ctx.cb = _lstm_loop("forward", xs.device)(
+            ctx.native = _native(xs)
+            loop = ctx.native.forward if ctx.native is not None else _lstm_loop("forward", xs.device)
+            ctx.sa, ctx.sb, ctx.ca, ctx.cb = loop(
                 xs, hbuf, vin, act, tg, cbuf, tcn, Wt, norm == "ln", gain_h * scale, gain_c * 2, bias_c * 2,
                 *common, *_stats(cfg), t0, cfg["max_steps"] - 1)
             ctx.weights = (gain_h, gain_c, bias_c)  # the backward's norms: the undoubled weights
@@ -110,27 +115,19 @@ class NormSeq(torch.autograd.Function):
             ctx.save_for_backward(hbuf, vin, W, act, tg, cbuf, tcn)
             c_last = cbuf[T]
         else:
-            # every per-step view is made once, outside the loop (indexing costs as much as a small op)
-            hb, vb = hbuf.unbind(0), vin.unbind(0)
-            sa, sb = [None] * T, [None] * T
-            nh = _Norm(norm, G, gain_h * 2, bias * 2 if ln_rnn else None, *common, *stats_h)
+            ctx.native = _native(xs)
             xs = xs.contiguous() if ln_rnn else torch.mul(xs, 2, out=new(T, B, G))
             sig = new(T, B, H)  # sigmoid(2 pre)
-            sgb, xb = sig.unbind(0), xs.unbind(0)
-            h = hb[0]
-            for t in range(T):
-                v = vb[t]
-                if ln_rnn:
-                    torch.addmm(xb[t], h, Wt, out=v)
-                else:
-                    torch.mm(h, Wt, out=v)
-                n, sa[t], sb[t] = nh.fwd(v, t0 + t)
-                # h = tanh(pre) = 2 sigmoid(2 pre) - 1; n holds 2 * the norm's output
-                sg = torch.sigmoid(n if ln_rnn else n.add_(xb[t]), out=sgb[t])
-                h = torch.mul(sg, 2, out=hb[t + 1]).sub_(1)
-            ctx.sa, ctx.sb = sa, sb
-            # the backward's norm: the model's own (undoubled) weights, the same statistics
-            ctx.nh = _Norm(norm, G, gain_h, bias if ln_rnn else None, *common, *stats_h)
+            if ctx.native is not None:
+                ctx.sa, ctx.sb = ctx.native.rnn_forward(
+                    xs, hbuf, vin, sig, Wt, ln_rnn, gain_h * 2, bias * 2 if ln_rnn else None, *common,
+                    *_stats(cfg)[:2], t0, cfg["max_steps"] - 1)
+                ctx.gain_h = gain_h  # the backward's norm weight: undoubled
+            else:
+                _rnn_forward_loop(xs, hbuf, vin, sig, Wt, ln_rnn, t0, ctx,
+                                  _Norm(norm, G, gain_h * 2, bias * 2 if ln_rnn else None, *common, *stats_h))
+                # the backward's norm: the model's own (undoubled) weights, the same statistics
+                ctx.nh = _Norm(norm, G, gain_h, bias if ln_rnn else None, *common, *stats_h)
             ctx.save_for_backward(hbuf, vin, W, sig)
             c_last = xs.new_empty(0)
         ctx.mark_non_differentiable(c_last)
@@ -149,10 +146,20 @@ class NormSeq(torch.autograd.Function):
         if lstm:
             hbuf, vin, W, act, tg, cbuf, tcn = ctx.saved_tensors
             gain_h, gain_c, bias_c = ctx.weights
-            dh, dc, dgain_h, dgain_c, dbias_c = _lstm_loop("backward", dhs.device)(
-                dhs, dxs, dv, hbuf, vin, W, act, tg, cbuf, tcn, ctx.scale4, cfg["norm"] == "ln", gain_h, gain_c,
-                bias_c, cfg["eps"], cfg["training"], *_stats(cfg), t0, cfg["max_steps"] - 1,
-                ctx.sa, ctx.sb, ctx.ca, ctx.cb)
+            if ctx.native is not None:
+                dh, dc, dgain_h, dgain_c, dbias_c = ctx.native.backward(
+                    dhs, dxs, dv, hbuf, vin, W, act, tg, cbuf, tcn, cfg["norm"] == "ln", gain_h, gain_c,
+                    cfg["training"], ctx.sa, ctx.sb, ctx.ca, ctx.cb)
+            else:
+                dh, dc, dgain_h, dgain_c, dbias_c = _lstm_loop("backward", dhs.device)(
+                    dhs, dxs, dv, hbuf, vin, W, act, tg, cbuf, tcn, ctx.scale4, cfg["norm"] == "ln", gain_h,
+                    gain_c, bias_c, cfg["eps"], cfg["training"], *_stats(cfg), t0, cfg["max_steps"] - 1,
+                    ctx.sa, ctx.sb, ctx.ca, ctx.cb)
+        elif ctx.native is not None:
+            hbuf, vin, W, sig = ctx.saved_tensors
+            dh, dgain_h, dbias = ctx.native.rnn_backward(dhs, dxs, dv, vin, W, sig, ln_rnn, ctx.gain_h, cfg["training"],
+                                                         ctx.sa, ctx.sb)
+            dbias = dbias if ln_rnn else None
         else:
             hbuf, vin, W, sig = ctx.saved_tensors
             nh, sa, sb = ctx.nh, ctx.sa, ctx.sb
@@ -178,6 +185,35 @@ class NormSeq(torch.autograd.Function):
         else:
             grads += [None, dW, dgain_h, dbias, None, None]
         return tuple(grads)
+
+
+def _rnn_forward_loop(xs, hbuf, vin, sig, Wt, ln_rnn, t0, ctx, nh):
+    """The normalized RNNs' forward time loop in Python (when the native kernel is not used)."""
+    T = xs.shape[0]
+    # every per-step view is made once, outside the loop (indexing costs as much as a small op)
+    hb, vb, sgb, xb = hbuf.unbind(0), vin.unbind(0), sig.unbind(0), xs.unbind(0)
+    sa, sb = [None] * T, [None] * T
+    h = hb[0]
+    for t in range(T):
+        v = vb[t]
+        if ln_rnn:
+            torch.addmm(xb[t], h, Wt, out=v)
+        else:
+            torch.mm(h, Wt, out=v)
+        n, sa[t], sb[t] = nh.fwd(v, t0 + t)
+        # h = tanh(pre) = 2 sigmoid(2 pre) - 1; n holds 2 * the norm's output
+        sg = torch.sigmoid(n if ln_rnn else n.add_(xb[t]), out=sgb[t])
+        h = torch.mul(sg, 2, out=hb[t + 1]).sub_(1)
+    ctx.sa, ctx.sb = sa, sb
+
+
+def _native(xs):
+    """The native kernel for these buffers (float32 on the CPU, when it is built here), or None."""
+    if xs.device.type != "cpu" or xs.dtype != torch.float32:
+        return None
+    from . import native
+
+    return native.kernel()
 
 
 def _stats(cfg):

@@ -1,0 +1,104 @@
+"""The native kernel of the normalized cells' time loops (normlstm.cpp: bn_lstm, ln_lstm, bn_rnn,
+ln_rnn), built on first use.
+
+`kernel()` returns the compiled module, or None -- then normseq runs its TorchScript / Python loops
+(the same function, slower; results equal to rounding). None when:
+- BENCH_NORMSEQ_NATIVE=0;
+- it cannot be built here (no C++ compiler or ninja, a read-only cache, ...): said once, with
+  the reason, as a warning.
+
+Built once per machine (~1 minute on 2 cores) with torch.utils.cpp_extension into
+$TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), under a name that carries the CPU's
+vector extension (AVX2 builds use -mavx2 -mfma: a binary built on one node is never loaded on a
+node without them) and the torch version; later processes load it in milliseconds. Processes that
+start together (pipeline jobs) wait for one build under an OS file lock, which the OS releases if
+the building process dies (a job killed mid-build does not leave the others waiting forever).
+`backend()` names what ran ("native-avx2", "native-generic", "torchscript", "python"), for
+provenance.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+_SRC = Path(__file__).with_name("normlstm.cpp")
+_STATE: dict = {}
+
+
+def _flags():
+    cap = torch.backends.cpu.get_cpu_capability()  # "DEFAULT", "AVX2", "AVX512", ...
+    avx2 = cap.upper().startswith("AVX")
+    return ("avx2" if avx2 else "generic"), ["-O3", "-fno-trapping-math", "-fno-math-errno"] + (["-mavx2", "-mfma"] if avx2 else [])
+
+
+def enabled() -> bool:
+    return os.environ.get("BENCH_NORMSEQ_NATIVE", "1") != "0"
+
+
+def kernel():
+    """The compiled module (forward, backward), or None (see the module's docstring)."""
+    if not enabled():
+        return None
+    if "mod" not in _STATE:
+        _STATE["mod"] = _build()
+    return _STATE["mod"]
+
+
+def backend():
+    """What ran the normalized cells' loops on the CPU in this process so far ("native-avx2",
+    "native-generic", "torchscript" or "python" for the LSTMs' loops), or None when nothing asked
+    for them; builds nothing."""
+    if _STATE.get("mod") is not None:
+        return "native-" + _flags()[0]
+    from . import normseq
+
+    if "_lstm_forward_loop" not in normseq._JIT:
+        return None
+    return "torchscript" if normseq._JIT["_lstm_forward_loop"] is not None else "python"
+
+
+def _ninja_on_path():
+    """torch's builder runs `ninja` from PATH: add the PyPI package's (a dependency) if it has one."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    bin_dir = getattr(ninja, "BIN_DIR", None)
+    if bin_dir and bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
+def _build():
+    from torch.utils import cpp_extension
+
+    tag, flags = _flags()
+    name = f"bench_normlstm_{tag}_torch{torch.__version__.split('+')[0].replace('.', '_')}"
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    build = root / name
+    try:
+        _ninja_on_path()
+        build.mkdir(parents=True, exist_ok=True)
+        with open(build / "bench.flock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS if this process dies
+            try:
+                stale = build / "lock"  # torch's own baton: only a dead builder can have left it
+                if stale.exists():
+                    stale.unlink()
+                if not (build / f"{name}.so").exists():
+                    print(f"bench: building the normalized cells' native kernel in {build} "
+                          "(once per machine, about a minute)", file=sys.stderr, flush=True)
+                return cpp_extension.load(name=name, sources=[str(_SRC)], extra_cflags=flags,
+                                          build_directory=str(build), verbose=False)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    except Exception as e:  # noqa: BLE001 -- any failure: the TorchScript loops, said once
+        msg = str(e).strip().splitlines()
+        warnings.warn(f"bench.models.native: the native kernel cannot be built here ({type(e).__name__}: "
+                      f"{msg[-1] if msg else ''}); the normalized cells run their TorchScript / "
+                      "Python loops (slower; results equal to rounding). BENCH_NORMSEQ_NATIVE=0 skips the attempt.")
+        return None

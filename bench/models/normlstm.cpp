@@ -1,0 +1,381 @@
+// The normalized cells' time loops (bn_lstm, ln_lstm; bn_rnn, ln_rnn) as one native kernel per
+// direction.
+//
+// Built on first use by bench/models/native.py (torch.utils.cpp_extension), run by
+// bench/models/normseq.py in place of the TorchScript / Python loops on the CPU for float32. Same
+// buffers, same algebra as normseq's `_lstm_forward_loop` / `_lstm_backward_loop`: per time
+// step one matrix product (ATen's, i.e. MKL/oneDNN) and the rest -- the recurrent norm, the
+// gates, the cell update, the cell norm and their backward -- fused into a few passes over a
+// (B, 4H) block in L1/L2, instead of ~28 separate ATen calls per step. The numbers agree with
+// the TorchScript loops to rounding (the order of the sums differs; tested), and are the same
+// run to run, bit for bit (no threads, no atomics).
+//
+// sigmoid uses exp computed here (Cephes' single-precision polynomial, < 2 ulp; branch-free
+// so that the compiler vectorises the loops) rather than the C library's scalar expf.
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+using c10::optional;
+
+inline float exp_c(float x) {
+  x = std::min(std::max(x, -87.3f), 88.7f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float s;
+  std::memcpy(&s, &bits, sizeof s);
+  return y * s;
+}
+
+inline float sigmoid_c(float x) { return 1.0f / (1.0f + exp_c(-x)); }
+
+// sum of f(d) for d < D in 8 interleaved partial sums (one AVX register: the compiler may not
+// reorder a float sum itself), then a fixed tree -- the same order every call.
+template <class F>
+inline float sum8(int64_t D, F f) {
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  int64_t d = 0;
+  for (; d + 8 <= D; d += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += f(d + j);
+  float tail = 0.f;
+  for (; d < D; ++d) tail += f(d);
+  return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])) + tail;
+}
+
+// Statistics of one normalization over a (B, D) block x.
+// ln: per row (mean, rstd of length B). bn: per column (length D) -- batch statistics when
+// training (running statistics rm/rv updated if given), the running statistics otherwise.
+void norm_stats(bool ln, const float* x, int64_t B, int64_t D, bool training, double momentum, double eps,
+                float* rm, float* rv, float* mean, float* rstd) {
+  if (ln) {
+    for (int64_t b = 0; b < B; ++b) {
+      const float* r = x + b * D;
+      const float m = sum8(D, [&](int64_t d) { return r[d]; }) / D;
+      const float q = sum8(D, [&](int64_t d) { return (r[d] - m) * (r[d] - m); });
+      mean[b] = m;
+      rstd[b] = 1.0f / std::sqrt(q / D + static_cast<float>(eps));
+    }
+    return;
+  }
+  if (!training) {
+    for (int64_t d = 0; d < D; ++d) {
+      mean[d] = rm[d];
+      rstd[d] = 1.0f / std::sqrt(rv[d] + static_cast<float>(eps));
+    }
+    return;
+  }
+  std::fill(mean, mean + D, 0.f);
+  std::fill(rstd, rstd + D, 0.f);
+  for (int64_t b = 0; b < B; ++b) {
+    const float* r = x + b * D;
+    for (int64_t d = 0; d < D; ++d) mean[d] += r[d];
+  }
+  for (int64_t d = 0; d < D; ++d) mean[d] /= B;
+  for (int64_t b = 0; b < B; ++b) {
+    const float* r = x + b * D;
+    for (int64_t d = 0; d < D; ++d) rstd[d] += (r[d] - mean[d]) * (r[d] - mean[d]);  // sum of squares
+  }
+  for (int64_t d = 0; d < D; ++d) {
+    const float ss = rstd[d];
+    if (rm != nullptr) {
+      rm[d] = static_cast<float>(momentum * mean[d] + (1 - momentum) * rm[d]);
+      rv[d] = static_cast<float>(momentum * ss / (B - 1) + (1 - momentum) * rv[d]);
+    }
+    rstd[d] = 1.0f / std::sqrt(ss / B + static_cast<float>(eps));
+  }
+}
+
+// dx of a normalization y = xhat * w (+ b), given gw = dy * w, the input x and its statistics;
+// also adds sum(dy * xhat) to dw and sum(dy) to db (db may be null).
+void norm_backward(bool ln, bool training, const float* dy, const float* x, const float* w, const float* mean,
+                   const float* rstd, int64_t B, int64_t D, float* dx, float* dw, float* db, float* tmp_a,
+                   float* tmp_b) {
+  if (ln) {
+    for (int64_t b = 0; b < B; ++b) {
+      const float* g = dy + b * D;
+      const float* r = x + b * D;
+      float* o = dx + b * D;
+      const float m = mean[b], s = rstd[b];
+      for (int64_t d = 0; d < D; ++d) dw[d] += g[d] * ((r[d] - m) * s);
+      const float sg = sum8(D, [&](int64_t d) { return g[d] * w[d]; });
+      const float sgx = sum8(D, [&](int64_t d) { return g[d] * w[d] * ((r[d] - m) * s); });
+      if (db != nullptr)
+        for (int64_t d = 0; d < D; ++d) db[d] += g[d];
+      const float a = sg / D, c = sgx / D;
+      for (int64_t d = 0; d < D; ++d) o[d] = s * (g[d] * w[d] - a - (r[d] - m) * s * c);
+    }
+    return;
+  }
+  // batch norm: column reductions over the batch
+  std::fill(tmp_a, tmp_a + D, 0.f);  // sum dy
+  std::fill(tmp_b, tmp_b + D, 0.f);  // sum dy * xhat
+  for (int64_t b = 0; b < B; ++b) {
+    const float* g = dy + b * D;
+    const float* r = x + b * D;
+    for (int64_t d = 0; d < D; ++d) {
+      tmp_a[d] += g[d];
+      tmp_b[d] += g[d] * (r[d] - mean[d]) * rstd[d];
+    }
+  }
+  for (int64_t d = 0; d < D; ++d) {
+    dw[d] += tmp_b[d];
+    if (db != nullptr) db[d] += tmp_a[d];
+  }
+  if (!training) {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t d = 0; d < D; ++d) dx[b * D + d] = dy[b * D + d] * w[d] * rstd[d];
+    return;
+  }
+  for (int64_t d = 0; d < D; ++d) {
+    tmp_a[d] = tmp_a[d] * w[d] / B;  // mean of dy * w
+    tmp_b[d] = tmp_b[d] * w[d] / B;  // mean of dy * w * xhat
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    const float* g = dy + b * D;
+    const float* r = x + b * D;
+    float* o = dx + b * D;
+    for (int64_t d = 0; d < D; ++d) {
+      const float xh = (r[d] - mean[d]) * rstd[d];
+      o[d] = rstd[d] * (g[d] * w[d] - tmp_a[d] - xh * tmp_b[d]);
+    }
+  }
+}
+
+void check(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), "normlstm: ", name,
+              " must be a contiguous float32 CPU tensor");
+}
+
+float* rows_of(const optional<Tensor>& t, int64_t i) {
+  return t.has_value() && t->defined() ? t->data_ptr<float>() + i * t->size(1) : nullptr;
+}
+
+}  // namespace
+
+// Fills hbuf[1:], vin, act, tg, cbuf[1:], tcn (as normseq's forward loop) and returns the
+// statistics (mean_h, rstd_h, mean_c, rstd_c): (T, B) for layer norm, (T, D) for batch norm.
+std::vector<Tensor> forward(Tensor xs, Tensor hbuf, Tensor vin, Tensor act, Tensor tg, Tensor cbuf, Tensor tcn,
+                            Tensor Wt, bool ln, Tensor wh, Tensor wc, Tensor bc, double eps, bool training,
+                            double momentum, optional<Tensor> rm_h, optional<Tensor> rv_h, optional<Tensor> rm_c,
+                            optional<Tensor> rv_c, int64_t t0, int64_t last) {
+  const int64_t T = xs.size(0), B = xs.size(1), G = xs.size(2), H = tg.size(2);
+  for (auto* p : {&xs, &hbuf, &vin, &act, &tg, &cbuf, &tcn, &wh, &wc, &bc}) check(*p, "a buffer");
+  const int64_t nh = ln ? B : G, nc = ln ? B : H;
+  Tensor mh = xs.new_empty({T, nh}), sh = xs.new_empty({T, nh});
+  Tensor mc = xs.new_empty({T, nc}), sc = xs.new_empty({T, nc});
+  const float *w_h = wh.data_ptr<float>(), *w_c = wc.data_ptr<float>(), *b_c = bc.data_ptr<float>();
+  float *H_ = hbuf.data_ptr<float>(), *V = vin.data_ptr<float>(), *A = act.data_ptr<float>();
+  float *TG = tg.data_ptr<float>(), *C = cbuf.data_ptr<float>(), *TC = tcn.data_ptr<float>();
+  const float* X = xs.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t i = std::min(t0 + t, last);
+    Tensor v = vin[t];
+    at::mm_out(v, hbuf[t], Wt);
+    float* vt = V + t * B * G;
+    float *m1 = mh.data_ptr<float>() + t * nh, *s1 = sh.data_ptr<float>() + t * nh;
+    norm_stats(ln, vt, B, G, training, momentum, eps, rows_of(rm_h, i), rows_of(rv_h, i), m1, s1);
+    const float* xt = X + t * B * G;
+    float* at_ = A + t * B * G;
+    for (int64_t b = 0; b < B; ++b) {
+      const float* vr = vt + b * G;
+      const float* xr = xt + b * G;
+      float* ar = at_ + b * G;
+      if (ln) {
+        const float m = m1[b], s = s1[b];
+        for (int64_t d = 0; d < G; ++d) ar[d] = sigmoid_c((vr[d] - m) * s * w_h[d] + xr[d]);
+      } else {
+        for (int64_t d = 0; d < G; ++d) ar[d] = sigmoid_c((vr[d] - m1[d]) * s1[d] * w_h[d] + xr[d]);
+      }
+    }
+    const float* cp = C + t * B * H;
+    float* cn = C + (t + 1) * B * H;
+    float* tgt = TG + t * B * H;
+    for (int64_t b = 0; b < B; ++b) {
+      const float* ar = at_ + b * G;
+      for (int64_t d = 0; d < H; ++d) {
+        const float g = ar[2 * H + d] * 2.f - 1.f;
+        tgt[b * H + d] = g;
+        cn[b * H + d] = ar[H + d] * cp[b * H + d] + ar[d] * g;
+      }
+    }
+    float *m2 = mc.data_ptr<float>() + t * nc, *s2 = sc.data_ptr<float>() + t * nc;
+    norm_stats(ln, cn, B, H, training, momentum, eps, rows_of(rm_c, i), rows_of(rv_c, i), m2, s2);
+    float* tct = TC + t * B * H;
+    float* hn = H_ + (t + 1) * B * H;
+    for (int64_t b = 0; b < B; ++b) {
+      const float* ao = at_ + b * G + 3 * H;
+      const float* cr = cn + b * H;
+      float* tr = tct + b * H;
+      float* hr = hn + b * H;
+      if (ln) {
+        const float m = m2[b], s = s2[b];
+        for (int64_t d = 0; d < H; ++d) tr[d] = sigmoid_c((cr[d] - m) * s * w_c[d] + b_c[d]) * 2.f - 1.f;
+      } else {
+        for (int64_t d = 0; d < H; ++d) tr[d] = sigmoid_c((cr[d] - m2[d]) * s2[d] * w_c[d] + b_c[d]) * 2.f - 1.f;
+      }
+      for (int64_t d = 0; d < H; ++d) hr[d] = ao[d] * tr[d];
+    }
+  }
+  return {mh, sh, mc, sc};
+}
+
+// Fills dxs (gradient of the gate pre-activations = of xs) and dv (of the recurrent norm's
+// input); returns dh (of h0), dc (of c0), dgain_h, dgain_c, dbias_c -- as normseq's backward loop.
+std::vector<Tensor> backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor hbuf, Tensor vin, Tensor W, Tensor act,
+                             Tensor tg, Tensor cbuf, Tensor tcn, bool ln, Tensor wh, Tensor wc, bool training,
+                             Tensor mh, Tensor sh, Tensor mc, Tensor sc) {
+  const int64_t T = dxs.size(0), B = dxs.size(1), G = dxs.size(2), H = tg.size(2);
+  for (auto* p : {&dhs, &dxs, &dv, &vin, &act, &tg, &cbuf, &tcn, &wh, &wc, &mh, &sh, &mc, &sc}) check(*p, "a buffer");
+  const int64_t nh = mh.size(1), nc = mc.size(1);
+  Tensor dgain_h = at::zeros_like(wh), dgain_c = at::zeros_like(wc), dbias_c = at::zeros_like(wc);
+  Tensor dc = dhs.new_zeros({B, H}), dh = dhs.new_zeros({B, H});
+  std::vector<float> go(B * H), dcn(B * H), dcl(B * H), ta(G), tb(G);
+  const float *w_h = wh.data_ptr<float>(), *w_c = wc.data_ptr<float>();
+  float *DX = dxs.data_ptr<float>(), *DV = dv.data_ptr<float>(), *DC = dc.data_ptr<float>(), *DH = dh.data_ptr<float>();
+  const float *DHS = dhs.data_ptr<float>(), *V = vin.data_ptr<float>(), *A = act.data_ptr<float>();
+  const float *TG = tg.data_ptr<float>(), *C = cbuf.data_ptr<float>(), *TC = tcn.data_ptr<float>();
+  float *dgh = dgain_h.data_ptr<float>(), *dgc = dgain_c.data_ptr<float>(), *dbc = dbias_c.data_ptr<float>();
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const float* at_ = A + t * B * G;
+    const float* tct = TC + t * B * H;
+    float* dxt = DX + t * B * G;
+    const float* dht = DHS + t * B * H;
+    for (int64_t b = 0; b < B; ++b) {
+      const float* __restrict dhr = dht + b * H;
+      const float* __restrict dnext = DH + b * H;  // zeros at t = T - 1
+      const float* __restrict tcr = tct + b * H;
+      const float* __restrict ao = at_ + b * G + 3 * H;
+      float* __restrict dor = dxt + b * G + 3 * H;
+      float* __restrict dnr = dcn.data() + b * H;
+      for (int64_t d = 0; d < H; ++d) {
+        const float g = dhr[d] + dnext[d];
+        dor[d] = g * tcr[d];                                 // d o
+        dnr[d] = g * ao[d] * (1.f - tcr[d] * tcr[d]);        // d of the cell norm's output
+      }
+    }
+    const float* ct = C + (t + 1) * B * H;
+    norm_backward(ln, training, dcn.data(), ct, w_c, mc.data_ptr<float>() + t * nc, sc.data_ptr<float>() + t * nc, B,
+                  H, dcl.data(), dgc, dbc, ta.data(), tb.data());
+    const float* cp = C + t * B * H;
+    const float* tgt = TG + t * B * H;
+    for (int64_t b = 0; b < B; ++b) {
+      const float* __restrict dl = dcl.data() + b * H;
+      const float* __restrict tgr = tgt + b * H;
+      const float* __restrict cpr = cp + b * H;
+      const float* __restrict ar = at_ + b * G;
+      float* __restrict dcr = DC + b * H;
+      float* __restrict dr = dxt + b * G;
+      for (int64_t d = 0; d < H; ++d) {
+        const float c = dl[d] + dcr[d];
+        dr[d] = c * tgr[d];          // d i
+        dr[H + d] = c * cpr[d];      // d f
+        dr[2 * H + d] = c * ar[d];   // d tanh(g)
+        dcr[d] = c * ar[H + d];
+      }
+    }
+    // sigmoid's backward over the gate block (x4 on the g block: tanh g = 2 sigmoid(2g) - 1)
+    for (int64_t b = 0; b < B; ++b) {
+      const float* ar = at_ + b * G;
+      float* dr = dxt + b * G;
+      for (int64_t d = 0; d < G; ++d) {
+        const float f = (d >= 2 * H && d < 3 * H) ? 4.f : 1.f;
+        dr[d] = dr[d] * ar[d] * (1.f - ar[d]) * f;
+      }
+    }
+    norm_backward(ln, training, dxt, V + t * B * G, w_h, mh.data_ptr<float>() + t * nh, sh.data_ptr<float>() + t * nh,
+                  B, G, DV + t * B * G, dgh, nullptr, ta.data(), tb.data());
+    at::mm_out(dh, dv[t], W);
+  }
+  return {dh, dc, dgain_h, dgain_c, dbias_c};
+}
+
+// The normalized tanh RNNs (as normseq's RNN loops): ln (ln_rnn): h = tanh(LN(x_t + W h) + b), xs
+// the raw input term; bn (bn_rnn): h = tanh(BN(W h) + x_t), xs the normalized input term. tanh is
+// 2 sigmoid(2 .) - 1: the caller passes the norm's weights doubled (and, for bn, xs doubled).
+// Fills hbuf[1:], vin (the norm's input), sig (sigmoid(2 pre)); returns (mean, rstd).
+std::vector<Tensor> rnn_forward(Tensor xs, Tensor hbuf, Tensor vin, Tensor sig, Tensor Wt, bool ln, Tensor w2,
+                                optional<Tensor> b2, double eps, bool training, double momentum,
+                                optional<Tensor> rm, optional<Tensor> rv, int64_t t0, int64_t last) {
+  const int64_t T = xs.size(0), B = xs.size(1), H = xs.size(2);
+  for (auto* p : {&xs, &hbuf, &vin, &sig, &w2}) check(*p, "a buffer");
+  const int64_t n = ln ? B : H;
+  Tensor mean = xs.new_empty({T, n}), rstd = xs.new_empty({T, n});
+  const float* w = w2.data_ptr<float>();
+  const float* b = b2.has_value() && b2->defined() ? b2->data_ptr<float>() : nullptr;
+  const float* X = xs.data_ptr<float>();
+  float *Hb = hbuf.data_ptr<float>(), *V = vin.data_ptr<float>(), *S = sig.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t i = std::min(t0 + t, last);
+    Tensor v = vin[t];
+    if (ln)
+      at::addmm_out(v, xs[t], hbuf[t], Wt);
+    else
+      at::mm_out(v, hbuf[t], Wt);
+    const float* vt = V + t * B * H;
+    float *m = mean.data_ptr<float>() + t * n, *r = rstd.data_ptr<float>() + t * n;
+    norm_stats(ln, vt, B, H, training, momentum, eps, rows_of(rm, i), rows_of(rv, i), m, r);
+    for (int64_t k = 0; k < B; ++k) {
+      const float* __restrict vr = vt + k * H;
+      const float* __restrict xr = X + (t * B + k) * H;
+      float* __restrict sr = S + (t * B + k) * H;
+      float* __restrict hr = Hb + ((t + 1) * B + k) * H;
+      if (ln) {
+        const float mk = m[k], rk = r[k];
+        for (int64_t d = 0; d < H; ++d) sr[d] = sigmoid_c((vr[d] - mk) * rk * w[d] + b[d]);
+      } else {
+        for (int64_t d = 0; d < H; ++d) sr[d] = sigmoid_c((vr[d] - m[d]) * r[d] * w[d] + xr[d]);
+      }
+      for (int64_t d = 0; d < H; ++d) hr[d] = sr[d] * 2.f - 1.f;
+    }
+  }
+  return {mean, rstd};
+}
+
+// Fills dv (of the norm's input; for ln it is dxs itself) and, for bn, dxs; returns dh (of h0),
+// dgain and dbias (ln; empty for bn). w: the norm's own (undoubled) gain.
+std::vector<Tensor> rnn_backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor vin, Tensor W, Tensor sig, bool ln,
+                                 Tensor w, bool training, Tensor mean, Tensor rstd) {
+  const int64_t T = dhs.size(0), B = dhs.size(1), H = dhs.size(2);
+  for (auto* p : {&dhs, &dxs, &dv, &vin, &sig, &w, &mean, &rstd}) check(*p, "a buffer");
+  const int64_t n = mean.size(1);
+  Tensor dgain = at::zeros_like(w), dbias = ln ? at::zeros_like(w) : w.new_empty({0});
+  Tensor dh = dhs.new_zeros({B, H});
+  std::vector<float> gn(B * H), ta(H), tb(H);
+  const float *DHS = dhs.data_ptr<float>(), *V = vin.data_ptr<float>(), *S = sig.data_ptr<float>();
+  float *DX = dxs.data_ptr<float>(), *DV = dv.data_ptr<float>(), *DH = dh.data_ptr<float>();
+  for (int64_t t = T - 1; t >= 0; --t) {
+    // h = 2 sigmoid(2 pre) - 1: dh/dpre = 4 s (1 - s); bn: pre's gradient is also x_t's
+    float* g = ln ? gn.data() : DX + t * B * H;
+    for (int64_t k = 0; k < B * H; ++k) {
+      const float s = S[t * B * H + k];
+      g[k] = (DHS[t * B * H + k] + DH[k]) * s * (1.f - s) * 4.f;
+    }
+    norm_backward(ln, training, g, V + t * B * H, w.data_ptr<float>(), mean.data_ptr<float>() + t * n,
+                  rstd.data_ptr<float>() + t * n, B, H, DV + t * B * H, dgain.data_ptr<float>(),
+                  ln ? dbias.data_ptr<float>() : nullptr, ta.data(), tb.data());
+    at::mm_out(dh, dv[t], W);
+  }
+  return {dh, dgain, dbias};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "normalized LSTM: forward time loop");
+  m.def("backward", &backward, "normalized LSTM: backward time loop");
+  m.def("rnn_forward", &rnn_forward, "normalized tanh RNN: forward time loop");
+  m.def("rnn_backward", &rnn_backward, "normalized tanh RNN: backward time loop");
+}

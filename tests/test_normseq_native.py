@@ -1,0 +1,191 @@
+"""The normalized cells' native kernel (bench/models/normlstm.cpp via bench.models.native): the
+same function as the TorchScript / Python loops (to rounding) in every mode, the same numbers run to run,
+and the ways it is switched off or falls back.
+
+The kernel is built on first use (about a minute, once per machine); these tests need it to build
+here (a C++ compiler and ninja, which the install brings), and fail -- with the builder's reason
+in the warning -- where it does not."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import provenance
+from bench.models import native, normseq
+from bench.models.cells import NormRecurrence
+
+
+def _run(norm, mode="train", tbptt=None, T=23, H=8, B=5, dtype=torch.float32, family="lstm"):
+    """Outputs, gradients and buffers after one forward/backward from fixed weights and data."""
+    g = torch.Generator().manual_seed(11)
+    m = NormRecurrence(family, norm, 2, H, T).to(dtype)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=dtype) * 0.5)
+        for b in m.buffers():
+            b.copy_(torch.rand(b.shape, generator=g, dtype=dtype) + 0.5)
+    m.train(mode != "eval")
+    m.update_stats = mode != "frozen"
+    x = torch.randn(B, T, 2, generator=g, requires_grad=True, dtype=dtype)
+    hs = m(x, tbptt)
+    (hs.sin() * torch.arange(T).view(1, T, 1)).sum().backward()
+    names = ["hs", "x.grad"] + [f"{n}.grad" for n, _ in m.named_parameters()] + [n for n, _ in m.named_buffers()]
+    return dict(zip(names, [hs.detach(), x.grad] + [p.grad for p in m.parameters()] + [b.clone() for b in m.buffers()]))
+
+
+@pytest.fixture
+def kernel():
+    k = native.kernel()
+    assert k is not None, "the native kernel did not build here (see the warning above for the builder's reason)"
+    return k
+
+
+@pytest.mark.parametrize("family", ["lstm", "rnn_tanh"])
+@pytest.mark.parametrize("norm", ["ln", "bn"])
+@pytest.mark.parametrize("mode", ["train", "eval", "frozen"])
+@pytest.mark.parametrize("tbptt", [None, 6])
+@pytest.mark.parametrize("H", [8, 13])  # 13: not a multiple of the 8-wide sums
+def test_native_kernel_computes_what_the_torchscript_and_python_loops_compute(kernel, monkeypatch, family, norm,
+                                                                               mode, tbptt, H):
+    monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", "1")
+    a = _run(norm, mode, tbptt, H=H, family=family)
+    assert native.backend().startswith("native-")
+    monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", "0")
+    b = _run(norm, mode, tbptt, H=H, family=family)
+    assert a.keys() == b.keys()
+    for k in a:
+        u, v = a[k], b[k]
+        assert u is not None and v is not None, k
+        scale = v.abs().max().item()
+        torch.testing.assert_close(u, v, rtol=2e-4, atol=2e-5 * max(scale, 1e-3), msg=k)
+    # not just equal by accident of a no-op: the running statistics moved in train mode only
+    if norm == "bn":
+        moved = not torch.equal(a["rm_h"], _fresh_buffers(family, norm, H)["rm_h"])
+        assert moved == (mode == "train")
+
+
+def _fresh_buffers(family, norm, H, T=23):
+    g = torch.Generator().manual_seed(11)
+    m = NormRecurrence(family, norm, 2, H, T)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        for b in m.buffers():
+            b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+    return dict(m.named_buffers())
+
+
+@pytest.mark.parametrize("family", ["lstm", "rnn_tanh"])
+@pytest.mark.parametrize("norm", ["ln", "bn"])
+def test_native_kernel_gives_the_same_numbers_run_to_run(kernel, monkeypatch, family, norm):
+    monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", "1")
+    a, b = (_run(norm, T=40, H=16, B=9, family=family) for _ in range(2))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("family", ["lstm", "rnn_tanh"])
+@pytest.mark.parametrize("norm", ["ln", "bn"])
+def test_native_gradients_match_finite_differences_of_the_native_forward(kernel, monkeypatch, family, norm):
+    """The test above compares the kernel with the other loops; this one checks its backward
+    against central differences of its own forward (float32, so loosely)."""
+    monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", "1")
+    g = torch.Generator().manual_seed(3)
+    m = NormRecurrence(family, norm, 2, 4, 6)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    m.update_stats = False  # batch statistics, but no running-statistics update between the evaluations
+    x = torch.randn(3, 6, 2, generator=g, requires_grad=True)
+    w = torch.randn(3, 6, 4, generator=g)
+    loss = (m(x) * w).sum()
+    (gx,) = torch.autograd.grad(loss, x)
+    eps = 1e-2
+    for idx in [(0, 0, 0), (1, 3, 1), (2, 5, 0)]:
+        xp, xm = x.detach().clone(), x.detach().clone()
+        xp[idx] += eps
+        xm[idx] -= eps
+        with torch.no_grad():
+            fd = ((m(xp) * w).sum() - (m(xm) * w).sum()) / (2 * eps)
+        assert abs(fd.item() - gx[idx].item()) <= 2e-2 * max(1.0, abs(fd.item())), idx
+
+
+def test_float64_and_other_devices_use_the_torchscript_loops(monkeypatch):
+    """The kernel is float32-only: float64 models run the TorchScript loops, not a wrong kernel."""
+    monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", "1")
+    assert normseq._native(torch.zeros(2, 2, 8, dtype=torch.float64)) is None
+    a = _run("bn", dtype=torch.float64)
+    monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", "0")
+    b = _run("bn", dtype=torch.float64)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_switched_off_it_is_never_built(monkeypatch):
+    from torch.utils import cpp_extension
+
+    def no_build(*a, **k):
+        raise AssertionError("built although BENCH_NORMSEQ_NATIVE=0")
+
+    monkeypatch.setattr(cpp_extension, "load", no_build)
+    monkeypatch.setattr(native, "_STATE", {})
+    monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", "0")
+    assert native.kernel() is None
+    _run("ln")
+    assert native.backend() in ("torchscript", "python")
+
+
+def test_a_failing_build_falls_back_to_the_torchscript_loops_with_a_warning(monkeypatch, tmp_path):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", "0")
+    want = _run("ln")
+    monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", "1")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_STATE", {})
+
+    def broken(*a, **k):
+        raise RuntimeError("Error building extension 'x'\ng++: not found")
+
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    with pytest.warns(UserWarning, match=r"cannot be built here \(RuntimeError: g\+\+: not found\).*TorchScript"):
+        assert native.kernel() is None
+    got = _run("ln")
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    assert native.backend() in ("torchscript", "python")
+
+
+def test_a_lock_left_by_a_killed_build_does_not_block_the_next(monkeypatch, tmp_path):
+    """torch's builder waits while its `lock` file exists; a build killed mid-way leaves it. Builds
+    are serialised by an OS lock here, so a `lock` seen inside it is stale and is removed."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_STATE", {})
+    seen = {}
+
+    def fake_load(name, sources, extra_cflags, build_directory, verbose):
+        from pathlib import Path
+
+        seen["lock_present"] = (Path(build_directory) / "lock").exists()
+        seen["flags"] = extra_cflags
+        return "module"
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    # the directory the builder will use, with a stale lock inside
+    tag, _ = native._flags()
+    ver = torch.__version__.split("+")[0].replace(".", "_")
+    name_dir = tmp_path / f"bench_normlstm_{tag}_torch{ver}"
+    name_dir.mkdir(parents=True)
+    (name_dir / "lock").write_text("")
+    assert native.kernel() == "module"
+    assert seen["lock_present"] is False
+    assert not (name_dir / "lock").exists()
+    assert "-O3" in seen["flags"]
+
+
+def test_provenance_names_what_ran_the_normalized_lstm_loops(kernel):
+    _run("ln")
+    assert provenance.provenance(None, 1)["normseq_backend"] == native.backend()
+    assert native.backend().startswith("native-")
