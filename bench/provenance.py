@@ -54,7 +54,7 @@ def versions() -> dict:
             "bench": __version__}
 
 
-def provenance(device, threads) -> dict:
+def provenance(device, threads, model=None) -> dict:
     import torch
 
     dev_name = None
@@ -68,7 +68,7 @@ def provenance(device, threads) -> dict:
         "threads_requested": threads,
         "git_commit": git_commit(),
         "malloc": runtime.MALLOC_MODE,
-        "normseq_backend": native.backend(),
+        "normseq_backend": native.backend(device) if model is not None and native.uses_norm_cells(model) else None,
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

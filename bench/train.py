@@ -299,7 +299,7 @@ def _train(spec, task, mit, device, progress, t_wall0, defer_host_checks: Option
             "train_s": t_train, "eval_s": t_eval, "diagnostics_s": t_diag,
             "wall_s": time.perf_counter() - t_wall0, "time_to_solve_s": time_to_solve,
         },
-        "provenance": provenance(device, spec.threads),
+        "provenance": provenance(device, spec.threads, model),
     }
     return rec
 

@@ -113,7 +113,7 @@ def test_native_gradients_match_finite_differences_of_the_native_forward(kernel,
 def test_float64_and_other_devices_use_the_torchscript_loops(monkeypatch):
     """The kernel is float32-only: float64 models run the TorchScript loops, not a wrong kernel."""
     monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", "1")
-    assert normseq._native(torch.zeros(2, 2, 8, dtype=torch.float64)) is None
+    assert normseq.native_kernel_for(torch.zeros(2, 2, 8, dtype=torch.float64)) is None
     a = _run("bn", dtype=torch.float64)
     monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", "0")
     b = _run("bn", dtype=torch.float64)
@@ -185,7 +185,30 @@ def test_a_lock_left_by_a_killed_build_does_not_block_the_next(monkeypatch, tmp_
     assert "-O3" in seen["flags"]
 
 
-def test_provenance_names_what_ran_the_normalized_lstm_loops(kernel):
-    _run("ln")
-    assert provenance.provenance(None, 1)["normseq_backend"] == native.backend()
-    assert native.backend().startswith("native-")
+def test_provenance_names_what_ran_the_normalized_cells_loops(kernel):
+    m = NormRecurrence("lstm", "bn", 2, 8, 5)
+    assert provenance.provenance(torch.device("cpu"), 1, m)["normseq_backend"].startswith("native-")
+    assert provenance.provenance(torch.device("cpu"), 1, torch.nn.LSTM(2, 8))["normseq_backend"] is None
+    assert provenance.provenance(None, 1)["normseq_backend"] is None
+
+
+def test_train_records_which_loops_ran(kernel):
+    from bench.spec import RunSpec
+    from bench.train import train
+
+    rec = train(RunSpec(task="adding", length=12, mitigation="ln_rnn", seed=0, budget=3, eval_every=3,
+                        hidden=8, batch=4, heldout_size=16, probe_size=4))
+    assert rec["provenance"]["normseq_backend"].startswith("native-")
+    rec = train(RunSpec(task="adding", length=12, mitigation="rnn", seed=0, budget=3, eval_every=3,
+                        hidden=8, batch=4, heldout_size=16, probe_size=4))
+    assert rec["provenance"]["normseq_backend"] is None
+
+
+@pytest.mark.parametrize("native_on", ["1", "0"])
+def test_bn_lstm_longer_than_its_statistics_is_refused_on_either_path(monkeypatch, native_on):
+    """bn_lstm's input-term batch norm keeps statistics for max_steps steps; the native kernel
+    (which normalizes the input term itself) refuses longer sequences as the other path does."""
+    monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", native_on)
+    m = NormRecurrence("lstm", "bn", 2, 8, 5)
+    with pytest.raises(ValueError, match="sequence of 7 steps longer than max_steps=5"):
+        m(torch.zeros(3, 7, 2))

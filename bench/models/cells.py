@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import native
-from .normseq import NormSeq
+from .normseq import NormSeq, native_kernel_for
 
 FAMILIES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
@@ -238,11 +238,16 @@ class NormRecurrence(Recurrence):
         return F.batch_norm(v, rm, rv, gain, bias, self.training, self.momentum, self.eps)
 
     # -----------------------------------------------------------------------------------
-    def _input_term(self, x):
+    def _input_term(self, x, raw: bool = False):
         """The input term of every step, time-major (T, B, G): normalized W_x x + b; for ln_rnn
-        the raw W_x x (normalized together with W_h h inside the step). Layer norm works on the
-        time-major layout directly; batch norm's per-step statistics need (B, T*G), then a view."""
+        (or raw=True: bn_lstm on the native kernel, which normalizes it per step itself) the raw
+        W_x x. Layer norm works on the time-major layout directly; batch norm's per-step
+        statistics need (B, T*G), then a view."""
         G = self.w_hh.shape[0]
+        if raw:
+            if x.shape[1] > self.max_steps:
+                raise ValueError(f"sequence of {x.shape[1]} steps longer than max_steps={self.max_steps}")
+            return _InputProj.apply(x.transpose(0, 1), self.w_ih)
         if self.norm == "bn":
             return self._bn_seq(_InputProj.apply(x, self.w_ih), "x", self.gain_x, self.bias).transpose(0, 1)
         xp = _InputProj.apply(x.transpose(0, 1), self.w_ih)
@@ -255,14 +260,15 @@ class NormRecurrence(Recurrence):
         chunks that start before `no_grad_before` run without autograd."""
         B, T, _ = x.shape
         H = self.hidden
-        xs = self._input_term(x)  # (T, B, G)
         frozen = self.training and not self.update_stats
         bn = self.norm == "bn"
         lstm = self.family == "lstm"
+        fold = bn and lstm and native_kernel_for(x) is not None  # the kernel normalizes the input term itself
+        xs = self._input_term(x, raw=fold)  # (T, B, G)
+        stats = {f"{r}_{w}": None if not bn or frozen else getattr(self, f"{r}_{w}") for r in ("rm", "rv")
+                 for w in ("h", "c", "x")}
         cfg = dict(family=self.family, norm=self.norm, eps=self.eps, momentum=self.momentum,
-                   training=self.training, max_steps=self.max_steps,
-                   rm_h=None if not bn or frozen else self.rm_h, rv_h=None if not bn or frozen else self.rv_h,
-                   rm_c=None if not bn or frozen else self.rm_c, rv_c=None if not bn or frozen else self.rv_c)
+                   training=self.training, max_steps=self.max_steps, **stats)
         h = x.new_zeros(B, H)
         c = x.new_zeros(B, H)
         gain_c_bias = (self.gain_c, self.bias_c) if lstm else (None, None)
@@ -272,7 +278,8 @@ class NormRecurrence(Recurrence):
             with torch.set_grad_enabled(grad and s >= no_grad_before):
                 # the whole sequence unsliced: a slice's backward zero-fills and copies a (T, B, G) buffer
                 hs, c = NormSeq.apply(dict(cfg, t0=s), xs if (s, e) == (0, T) else xs[s:e], h.detach(), c.detach(), self.w_hh,
-                                      self.gain_h, self.bias if not lstm else None, *gain_c_bias)
+                                      self.gain_h, self.bias if not lstm or fold else None, *gain_c_bias,
+                                      self.gain_x if fold else None)
             outs.append(hs)
             h = hs[-1]
         return (outs[0] if len(outs) == 1 else torch.cat(outs, 0)).transpose(0, 1)

@@ -49,10 +49,18 @@ def kernel():
     return _STATE["mod"]
 
 
-def backend():
-    """What ran the normalized cells' loops on the CPU in this process so far ("native-avx2",
-    "native-generic", "torchscript" or "python" for the LSTMs' loops), or None when nothing asked
-    for them; builds nothing."""
+def uses_norm_cells(model) -> bool:
+    from .cells import NormRecurrence
+
+    return any(isinstance(m, NormRecurrence) for m in model.modules())
+
+
+def backend(device=None):
+    """What runs the normalized cells' loops of a float32 model on `device` (default: the CPU) in
+    this process, as far as it has been asked for ("native-avx2", "native-generic", "torchscript" or
+    "python"), or None before anything asked; builds nothing."""
+    if device is not None and torch.device(device).type != "cpu":
+        return "python"
     if _STATE.get("mod") is not None:
         return "native-" + _flags()[0]
     from . import normseq

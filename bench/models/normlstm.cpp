@@ -172,12 +172,18 @@ float* rows_of(const optional<Tensor>& t, int64_t i) {
 std::vector<Tensor> forward(Tensor xs, Tensor hbuf, Tensor vin, Tensor act, Tensor tg, Tensor cbuf, Tensor tcn,
                             Tensor Wt, bool ln, Tensor wh, Tensor wc, Tensor bc, double eps, bool training,
                             double momentum, optional<Tensor> rm_h, optional<Tensor> rv_h, optional<Tensor> rm_c,
-                            optional<Tensor> rv_c, int64_t t0, int64_t last) {
+                            optional<Tensor> rv_c, int64_t t0, int64_t last, optional<Tensor> gx,
+                            optional<Tensor> bx, optional<Tensor> rm_x, optional<Tensor> rv_x) {
   const int64_t T = xs.size(0), B = xs.size(1), G = xs.size(2), H = tg.size(2);
   for (auto* p : {&xs, &hbuf, &vin, &act, &tg, &cbuf, &tcn, &wh, &wc, &bc}) check(*p, "a buffer");
   const int64_t nh = ln ? B : G, nc = ln ? B : H;
   Tensor mh = xs.new_empty({T, nh}), sh = xs.new_empty({T, nh});
   Tensor mc = xs.new_empty({T, nc}), sc = xs.new_empty({T, nc});
+  // bn_lstm: xs may be the raw input projection W_x x, batch-normalized here per step (gain gx,
+  // bias bx, running statistics rm_x / rv_x) -- one pass instead of a (B, T*G) batch norm outside
+  const bool fold = gx.has_value() && gx->defined();
+  Tensor mx = xs.new_empty({fold ? T : 0, G}), sx = xs.new_empty({fold ? T : 0, G});
+  std::vector<float> xn(fold ? B * G : 0);
   const float *w_h = wh.data_ptr<float>(), *w_c = wc.data_ptr<float>(), *b_c = bc.data_ptr<float>();
   float *H_ = hbuf.data_ptr<float>(), *V = vin.data_ptr<float>(), *A = act.data_ptr<float>();
   float *TG = tg.data_ptr<float>(), *C = cbuf.data_ptr<float>(), *TC = tcn.data_ptr<float>();
@@ -190,6 +196,17 @@ std::vector<Tensor> forward(Tensor xs, Tensor hbuf, Tensor vin, Tensor act, Tens
     float *m1 = mh.data_ptr<float>() + t * nh, *s1 = sh.data_ptr<float>() + t * nh;
     norm_stats(ln, vt, B, G, training, momentum, eps, rows_of(rm_h, i), rows_of(rv_h, i), m1, s1);
     const float* xt = X + t * B * G;
+    if (fold) {
+      float *m0 = mx.data_ptr<float>() + t * G, *s0 = sx.data_ptr<float>() + t * G;
+      norm_stats(false, xt, B, G, training, momentum, eps, rows_of(rm_x, i), rows_of(rv_x, i), m0, s0);
+      const float *g0 = gx->data_ptr<float>(), *b0 = bx->data_ptr<float>();
+      for (int64_t b = 0; b < B; ++b) {
+        const float* __restrict xr = xt + b * G;
+        float* __restrict o = xn.data() + b * G;
+        for (int64_t d = 0; d < G; ++d) o[d] = (xr[d] - m0[d]) * s0[d] * g0[d] + b0[d];
+      }
+      xt = xn.data();
+    }
     float* at_ = A + t * B * G;
     for (int64_t b = 0; b < B; ++b) {
       const float* vr = vt + b * G;
@@ -231,20 +248,23 @@ std::vector<Tensor> forward(Tensor xs, Tensor hbuf, Tensor vin, Tensor act, Tens
       for (int64_t d = 0; d < H; ++d) hr[d] = ao[d] * tr[d];
     }
   }
-  return {mh, sh, mc, sc};
+  return {mh, sh, mc, sc, mx, sx};
 }
 
 // Fills dxs (gradient of the gate pre-activations = of xs) and dv (of the recurrent norm's
 // input); returns dh (of h0), dc (of c0), dgain_h, dgain_c, dbias_c -- as normseq's backward loop.
 std::vector<Tensor> backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor hbuf, Tensor vin, Tensor W, Tensor act,
                              Tensor tg, Tensor cbuf, Tensor tcn, bool ln, Tensor wh, Tensor wc, bool training,
-                             Tensor mh, Tensor sh, Tensor mc, Tensor sc) {
+                             Tensor mh, Tensor sh, Tensor mc, Tensor sc, Tensor mx, Tensor sx, optional<Tensor> xs,
+                             optional<Tensor> gx) {
   const int64_t T = dxs.size(0), B = dxs.size(1), G = dxs.size(2), H = tg.size(2);
   for (auto* p : {&dhs, &dxs, &dv, &vin, &act, &tg, &cbuf, &tcn, &wh, &wc, &mh, &sh, &mc, &sc}) check(*p, "a buffer");
   const int64_t nh = mh.size(1), nc = mc.size(1);
   Tensor dgain_h = at::zeros_like(wh), dgain_c = at::zeros_like(wc), dbias_c = at::zeros_like(wc);
   Tensor dc = dhs.new_zeros({B, H}), dh = dhs.new_zeros({B, H});
-  std::vector<float> go(B * H), dcn(B * H), dcl(B * H), ta(G), tb(G);
+  const bool fold = gx.has_value() && gx->defined();
+  Tensor dgx = fold ? at::zeros_like(*gx) : wh.new_empty({0}), dbx = fold ? at::zeros_like(*gx) : wh.new_empty({0});
+  std::vector<float> dcn(B * H), dcl(B * H), ta(G), tb(G);
   const float *w_h = wh.data_ptr<float>(), *w_c = wc.data_ptr<float>();
   float *DX = dxs.data_ptr<float>(), *DV = dv.data_ptr<float>(), *DC = dc.data_ptr<float>(), *DH = dh.data_ptr<float>();
   const float *DHS = dhs.data_ptr<float>(), *V = vin.data_ptr<float>(), *A = act.data_ptr<float>();
@@ -299,9 +319,13 @@ std::vector<Tensor> backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor hbuf, Ten
     }
     norm_backward(ln, training, dxt, V + t * B * G, w_h, mh.data_ptr<float>() + t * nh, sh.data_ptr<float>() + t * nh,
                   B, G, DV + t * B * G, dgh, nullptr, ta.data(), tb.data());
+    if (fold)  // the input term's batch norm, in place: dxs becomes the gradient of W_x x
+      norm_backward(false, training, dxt, xs->data_ptr<float>() + t * B * G, gx->data_ptr<float>(),
+                    mx.data_ptr<float>() + t * G, sx.data_ptr<float>() + t * G, B, G, dxt, dgx.data_ptr<float>(),
+                    dbx.data_ptr<float>(), ta.data(), tb.data());
     at::mm_out(dh, dv[t], W);
   }
-  return {dh, dc, dgain_h, dgain_c, dbias_c};
+  return {dh, dc, dgain_h, dgain_c, dbias_c, dgx, dbx};
 }
 
 // The normalized tanh RNNs (as normseq's RNN loops): ln (ln_rnn): h = tanh(LN(x_t + W h) + b), xs

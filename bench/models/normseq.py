@@ -83,7 +83,7 @@ class NormSeq(torch.autograd.Function):
     depends on the weight only through d xhat = d out * weight)."""
 
     @staticmethod
-    def forward(ctx, cfg, xs, h0, c0, W, gain_h, bias, gain_c, bias_c):
+    def forward(ctx, cfg, xs, h0, c0, W, gain_h, bias, gain_c, bias_c, gain_x=None):
         T, B, G = xs.shape
         H = W.shape[1]
         lstm, ln_rnn = cfg["family"] == "lstm", (cfg["family"] != "lstm" and cfg["norm"] == "ln")
@@ -99,23 +99,31 @@ class NormSeq(torch.autograd.Function):
         if lstm:
             scale = torch.ones(G, dtype=xs.dtype, device=xs.device)
             scale[2 * H:3 * H] = 2
-            xs = torch.mul(xs, scale, out=new(T, B, G))  # contiguous (T, B, G) whatever came in
+            ctx.native = native_kernel_for(xs)
+            fold = gain_x is not None  # bn_lstm, native kernel: xs is W_x x, normalized in the kernel
+            if fold:
+                xs = xs.contiguous()
+                xnorm = (gain_x * scale, bias * scale, cfg["rm_x"], cfg["rv_x"])
+            else:
+                xs = torch.mul(xs, scale, out=new(T, B, G))  # contiguous (T, B, G) whatever came in
             act = new(T, B, G)  # sigmoid(i), sigmoid(f), sigmoid(2g), sigmoid(o)
             tg = new(T, B, H)  # tanh(g)
             cbuf = new(T + 1, B, H)
             cbuf[0] = c0
             tcn = new(T, B, H)  # tanh(c_n)
-            ctx.native = _native(xs)
-            loop = ctx.native.forward if ctx.native is not None else _lstm_loop("forward", xs.device)
-            ctx.sa, ctx.sb, ctx.ca, ctx.cb = loop(
-                xs, hbuf, vin, act, tg, cbuf, tcn, Wt, norm == "ln", gain_h * scale, gain_c * 2, bias_c * 2,
-                *common, *_stats(cfg), t0, cfg["max_steps"] - 1)
+            args = (xs, hbuf, vin, act, tg, cbuf, tcn, Wt, norm == "ln", gain_h * scale, gain_c * 2, bias_c * 2,
+                    *common, *_stats(cfg), t0, cfg["max_steps"] - 1)
+            if ctx.native is not None:
+                ctx.stats = ctx.native.forward(*args, *(xnorm if fold else (None,) * 4))
+            else:
+                ctx.stats = _lstm_loop("forward", xs.device)(*args)
             ctx.weights = (gain_h, gain_c, bias_c)  # the backward's norms: the undoubled weights
+            ctx.fold = (xs, gain_x) if fold else (None, None)
             ctx.scale4 = scale * scale  # d/da of sigmoid(2g) -> tanh'(g): factor 4 on the g block
             ctx.save_for_backward(hbuf, vin, W, act, tg, cbuf, tcn)
             c_last = cbuf[T]
         else:
-            ctx.native = _native(xs)
+            ctx.native = native_kernel_for(xs)
             xs = xs.contiguous() if ln_rnn else torch.mul(xs, 2, out=new(T, B, G))
             sig = new(T, B, H)  # sigmoid(2 pre)
             if ctx.native is not None:
@@ -147,14 +155,15 @@ class NormSeq(torch.autograd.Function):
             hbuf, vin, W, act, tg, cbuf, tcn = ctx.saved_tensors
             gain_h, gain_c, bias_c = ctx.weights
             if ctx.native is not None:
-                dh, dc, dgain_h, dgain_c, dbias_c = ctx.native.backward(
+                dh, dc, dgain_h, dgain_c, dbias_c, dgain_x, dbias = ctx.native.backward(
                     dhs, dxs, dv, hbuf, vin, W, act, tg, cbuf, tcn, cfg["norm"] == "ln", gain_h, gain_c,
-                    cfg["training"], ctx.sa, ctx.sb, ctx.ca, ctx.cb)
+                    cfg["training"], *ctx.stats, *ctx.fold)
             else:
                 dh, dc, dgain_h, dgain_c, dbias_c = _lstm_loop("backward", dhs.device)(
                     dhs, dxs, dv, hbuf, vin, W, act, tg, cbuf, tcn, ctx.scale4, cfg["norm"] == "ln", gain_h,
-                    gain_c, bias_c, cfg["eps"], cfg["training"], *_stats(cfg), t0, cfg["max_steps"] - 1,
-                    ctx.sa, ctx.sb, ctx.ca, ctx.cb)
+                    gain_c, bias_c, cfg["eps"], cfg["training"], *_stats(cfg), t0, cfg["max_steps"] - 1, *ctx.stats)
+            if ctx.fold[1] is None:
+                dgain_x = dbias = None
         elif ctx.native is not None:
             hbuf, vin, W, sig = ctx.saved_tensors
             dh, dgain_h, dbias = ctx.native.rnn_backward(dhs, dxs, dv, vin, W, sig, ln_rnn, ctx.gain_h, cfg["training"],
@@ -181,9 +190,9 @@ class NormSeq(torch.autograd.Function):
         dW = torch.mm(dv.view(T * B, G).t(), hbuf[:-1].reshape(T * B, H)) if need[4] else None
         grads = [None, dxs if need[1] else None, dh if need[2] else None]
         if lstm:
-            grads += [dc if need[3] else None, dW, dgain_h, None, dgain_c, dbias_c]
+            grads += [dc if need[3] else None, dW, dgain_h, dbias, dgain_c, dbias_c, dgain_x]
         else:
-            grads += [None, dW, dgain_h, dbias, None, None]
+            grads += [None, dW, dgain_h, dbias, None, None, None]
         return tuple(grads)
 
 
@@ -207,7 +216,7 @@ def _rnn_forward_loop(xs, hbuf, vin, sig, Wt, ln_rnn, t0, ctx, nh):
     ctx.sa, ctx.sb = sa, sb
 
 
-def _native(xs):
+def native_kernel_for(xs):
     """The native kernel for these buffers (float32 on the CPU, when it is built here), or None."""
     if xs.device.type != "cpu" or xs.dtype != torch.float32:
         return None
