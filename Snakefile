@@ -8,6 +8,8 @@ config/config.yaml, gather the run records into one table, render the report.
 
 profiles/default/ is the workflow profile Snakemake picks up by itself.
 """
+import shlex
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -25,6 +27,15 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
+
+
+onstart:
+    # The normalized cells' native kernel is built once per machine, here, before any job: about a
+    # minute the first time, a second or two to find it afterwards; no training job's time includes it.
+    shell(
+        "python -m bench native --device {SWEEP.device} --mitigations "
+        + " ".join(shlex.quote(m) for m in SWEEP.mitigations)
+    )
 
 
 rule all:

@@ -1,4 +1,4 @@
-"""Command line: `python -m bench list|run|run-cell`. Bad input prints one clear line, exit 2."""
+"""Command line: `python -m bench list|run|run-cell|native`. Bad input prints one clear line, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -120,6 +120,31 @@ def cmd_run_cell(a) -> int:
     return 0
 
 
+def cmd_native(a) -> int:
+    """Build (once per machine) or load the normalized cells' native kernel and say which loops
+    run; with --mitigations, only if one of them would use it on --device. A kernel that cannot be
+    built is a warning (the cells fall back to slower loops), not an error: exit 0."""
+    import torch
+
+    from .devices import resolve_device
+    from .models import native
+
+    if a.mitigations is not None:
+        device = resolve_device(a.device)
+        if not any(native.needed(m, device) for m in a.mitigations):
+            print("bench native: no normalized cell on the CPU in this sweep; nothing to build", file=sys.stderr)
+            return 0
+    if not native.enabled():
+        print("bench native: BENCH_NORMSEQ_NATIVE=0: the normalized cells run their TorchScript/Python loops",
+              file=sys.stderr)
+        return 0
+    ok = native.kernel() is not None
+    where = native.build_dir()
+    print(f"bench native: {'native kernel ready' if ok else 'native kernel unavailable (see the warning)'} "
+          f"in {where}; torch {torch.__version__}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -131,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     pc = sub.add_parser("run-cell", help="train several seeds of one configuration")
     _spec_args(pc, cell=True)
     pc.add_argument("--out", nargs="+", required=True, help="one record path per seed")
+    pn = sub.add_parser("native", help="build or load the normalized cells' native kernel (once per machine)")
+    pn.add_argument("--mitigations", nargs="*", default=None,
+                    help="build only if one of these would use it (the pipeline passes its sweep's)")
+    pn.add_argument("--device", default="auto", choices=DEVICES, help="where those would train")
     return p
 
 
@@ -154,6 +183,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return cmd_list(args)
         if args.cmd == "run":
             return cmd_run(args)
+        if args.cmd == "native":
+            return cmd_native(args)
         return cmd_run_cell(args)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -12,7 +12,7 @@ import torch
 from . import diagnostics
 from .data import TaskData
 from .devices import resolve_device
-from .models import build_model, parse_mitigation
+from .models import build_model, native, parse_mitigation
 from .models.mitigations import check_for_task
 from .provenance import provenance
 from .runtime import frozen_gc
@@ -74,6 +74,7 @@ def train(spec: RunSpec, progress: Optional[Callable[[int, Dict], None]] = None,
     """Train one run; never raises for divergence (outcome 'diverged'). Bad specs raise
     BenchError; use `run_safely` to turn any exception into an 'error' record.
     defer_host_checks: see _train (default: on CUDA only)."""
+    native.prepare(spec.mitigation, spec.device)  # a first-time kernel build is setup, not this run's time
     t_wall0 = time.perf_counter()
     task = make_task(spec.task, spec.length)
     mit = parse_mitigation(spec.mitigation)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import json
 import subprocess
 import sys
 import time
@@ -69,6 +70,7 @@ def test_smoke_runs_end_to_end(smoke):
     wd, p, seconds = smoke
     out = p.stdout + p.stderr
     assert "Using workflow specific profile profiles/default" in out  # picked up by itself
+    assert "bench native: no normalized cell on the CPU in this sweep" in out  # onstart: nothing to build
     sweep, expected = expected_records(wd / "config" / "smoke.yaml")
     assert job_counts(out)["train"] == len(list(sweep.cells())) == 6
     assert set(map(str, (q.relative_to(wd) for q in wd.glob("results/runs/**/*.json")))) == expected
@@ -150,6 +152,24 @@ def test_placement_settings_do_not_retrain_but_training_settings_do(smoke):
     assert job_counts(p.stdout + p.stderr)["train"] == 6
     p = snakemake(wd, *args, "--config", "seeds=[0,1,2]")
     assert job_counts(p.stdout + p.stderr)["train"] == 6
+
+
+def test_the_native_kernel_is_ready_before_the_first_job(smoke):
+    """A sweep with a normalized cell on the CPU: Snakemake's onstart builds or finds the kernel,
+    so no training job builds it (its log would say so) and the record names the native loops."""
+    wd = smoke[0]
+    cfg = yaml.safe_load((wd / "config" / "smoke.yaml").read_text())
+    cfg.update(mitigations=["ln_rnn"], lr={}, optimizer={}, budget=10, tasks={"adding": [5]})
+    (wd / "config" / "norm.yaml").write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "results/runs.parquet", "--configfile", "config/norm.yaml")
+    out = p.stdout + p.stderr
+    assert "bench native: native kernel ready" in out
+    assert out.index("bench native:") < out.index("rule train")
+    logs = list(wd.glob("logs/train/**/ln_rnn/**/*.log"))
+    assert logs and not any("building the normalized cells' native kernel" in q.read_text() for q in logs)
+    recs = list(wd.glob("results/runs/**/ln_rnn/**/*.json"))
+    assert recs and all(json.loads(r.read_text())["provenance"]["normseq_backend"].startswith("native-")
+                        for r in recs)
 
 
 def test_dry_run_of_the_default_sweep(tmp_path):

@@ -49,6 +49,36 @@ def kernel():
     return _STATE["mod"]
 
 
+def needed(mitigation: str, device) -> bool:
+    """Whether training `mitigation` on `device` (a torch.device) runs the kernel."""
+    from .mitigations import MITIGATIONS
+
+    recipe = MITIGATIONS.get(str(mitigation).strip().split("+")[0])
+    return recipe is not None and recipe.norm is not None and device.type == "cpu" and enabled()
+
+
+def prepare(mitigation: str, device_name: str) -> None:
+    """Build or load the kernel now if training `mitigation` on `device_name` will use it (train()
+    calls this before its clock starts: the one-time build is not a run's time). Bad names are left
+    for train() to report."""
+    from ..devices import resolve_device
+    from ..errors import BenchError
+
+    try:
+        device = resolve_device(device_name)
+    except BenchError:
+        return
+    if needed(mitigation, device):
+        kernel()
+
+
+def build_dir() -> Path:
+    tag, _ = _flags()
+    name = f"bench_normlstm_{tag}_torch{torch.__version__.split('+')[0].replace('.', '_')}"
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    return root / name
+
+
 def uses_norm_cells(model) -> bool:
     from .cells import NormRecurrence
 
@@ -84,10 +114,9 @@ def _ninja_on_path():
 def _build():
     from torch.utils import cpp_extension
 
-    tag, flags = _flags()
-    name = f"bench_normlstm_{tag}_torch{torch.__version__.split('+')[0].replace('.', '_')}"
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
-    build = root / name
+    _, flags = _flags()
+    build = build_dir()
+    name = build.name
     try:
         _ninja_on_path()
         build.mkdir(parents=True, exist_ok=True)

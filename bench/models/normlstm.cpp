@@ -168,7 +168,8 @@ float* rows_of(const optional<Tensor>& t, int64_t i) {
 }  // namespace
 
 // Fills hbuf[1:], vin, act, tg, cbuf[1:], tcn (as normseq's forward loop) and returns the
-// statistics (mean_h, rstd_h, mean_c, rstd_c): (T, B) for layer norm, (T, D) for batch norm.
+// statistics (mean_h, rstd_h, mean_c, rstd_c): (T, B) for layer norm, (T, D) for batch norm, and
+// (mean_x, rstd_x) of the folded input norm ((T, G), or empty without it).
 std::vector<Tensor> forward(Tensor xs, Tensor hbuf, Tensor vin, Tensor act, Tensor tg, Tensor cbuf, Tensor tcn,
                             Tensor Wt, bool ln, Tensor wh, Tensor wc, Tensor bc, double eps, bool training,
                             double momentum, optional<Tensor> rm_h, optional<Tensor> rv_h, optional<Tensor> rm_c,
@@ -251,8 +252,10 @@ std::vector<Tensor> forward(Tensor xs, Tensor hbuf, Tensor vin, Tensor act, Tens
   return {mh, sh, mc, sc, mx, sx};
 }
 
-// Fills dxs (gradient of the gate pre-activations = of xs) and dv (of the recurrent norm's
-// input); returns dh (of h0), dc (of c0), dgain_h, dgain_c, dbias_c -- as normseq's backward loop.
+// Fills dxs (gradient of the gate pre-activations = of xs; with the folded input norm, of the raw
+// W_x x) and dv (of the recurrent norm's input); returns dh (of h0), dc (of c0), dgain_h,
+// dgain_c, dbias_c -- as normseq's backward loop -- and the folded input norm's dgain_x, dbias
+// (empty without it). xs / gx: the raw input projection and gain_x when folded, else None.
 std::vector<Tensor> backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor hbuf, Tensor vin, Tensor W, Tensor act,
                              Tensor tg, Tensor cbuf, Tensor tcn, bool ln, Tensor wh, Tensor wc, bool training,
                              Tensor mh, Tensor sh, Tensor mc, Tensor sc, Tensor mx, Tensor sx, optional<Tensor> xs,
