@@ -85,19 +85,17 @@ def uses_norm_cells(model) -> bool:
     return any(isinstance(m, NormRecurrence) for m in model.modules())
 
 
-def backend(device=None):
+def backend(device=None) -> str:
     """What runs the normalized cells' loops of a float32 model on `device` (default: the CPU) in
-    this process, as far as it has been asked for ("native-avx2", "native-generic", "torchscript" or
-    "python"), or None before anything asked; builds nothing."""
+    this process: "native-avx2" / "native-generic" (the kernel), else "torchscript" once the
+    LSTM loops were compiled, else "python"; builds nothing."""
     if device is not None and torch.device(device).type != "cpu":
         return "python"
     if _STATE.get("mod") is not None:
         return "native-" + _flags()[0]
     from . import normseq
 
-    if "_lstm_forward_loop" not in normseq._JIT:
-        return None
-    return "torchscript" if normseq._JIT["_lstm_forward_loop"] is not None else "python"
+    return "torchscript" if normseq._JIT.get("_lstm_forward_loop") is not None else "python"
 
 
 def _ninja_on_path():

@@ -101,6 +101,8 @@ class NormSeq(torch.autograd.Function):
             scale[2 * H:3 * H] = 2
             ctx.native = native_kernel_for(xs)
             fold = gain_x is not None  # bn_lstm, native kernel: xs is W_x x, normalized in the kernel
+            if fold and ctx.native is None:
+                raise RuntimeError("NormSeq: gain_x (the input norm folded into the loop) needs the native kernel")
             if fold:
                 xs = xs.contiguous()
                 xnorm = (gain_x * scale, bias * scale, cfg["rm_x"], cfg["rv_x"])
