@@ -15,8 +15,8 @@ from bench.models import native, normseq
 from bench.models.cells import NormRecurrence
 
 
-def _run(norm, mode="train", tbptt=None, T=23, H=8, B=5, dtype=torch.float32, family="lstm"):
-    """Outputs, gradients and buffers after one forward/backward from fixed weights and data."""
+def _model(family, norm, H, T, dtype=torch.float32):
+    """A model with fixed weights and running statistics, and the generator that made them."""
     g = torch.Generator().manual_seed(11)
     m = NormRecurrence(family, norm, 2, H, T).to(dtype)
     with torch.no_grad():
@@ -24,6 +24,12 @@ def _run(norm, mode="train", tbptt=None, T=23, H=8, B=5, dtype=torch.float32, fa
             p.copy_(torch.randn(p.shape, generator=g, dtype=dtype) * 0.5)
         for b in m.buffers():
             b.copy_(torch.rand(b.shape, generator=g, dtype=dtype) + 0.5)
+    return m, g
+
+
+def _run(norm, mode="train", tbptt=None, T=23, H=8, B=5, dtype=torch.float32, family="lstm"):
+    """Outputs, gradients and buffers after one forward/backward from fixed weights and data."""
+    m, g = _model(family, norm, H, T, dtype)
     m.train(mode != "eval")
     m.update_stats = mode != "frozen"
     x = torch.randn(B, T, 2, generator=g, requires_grad=True, dtype=dtype)
@@ -65,14 +71,7 @@ def test_native_kernel_computes_what_the_torchscript_and_python_loops_compute(ke
 
 
 def _fresh_buffers(family, norm, H, T=23):
-    g = torch.Generator().manual_seed(11)
-    m = NormRecurrence(family, norm, 2, H, T)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-        for b in m.buffers():
-            b.copy_(torch.rand(b.shape, generator=g) + 0.5)
-    return dict(m.named_buffers())
+    return dict(_model(family, norm, H, T)[0].named_buffers())
 
 
 @pytest.mark.parametrize("family", ["lstm", "rnn_tanh"])

@@ -221,11 +221,15 @@ class NormRecurrence(Recurrence):
         i = min(t, self.max_steps - 1)
         return rm[i], rv[i]
 
+    def _check_steps(self, T):
+        """The input term's batch-norm statistics exist for max_steps steps only."""
+        if T > self.max_steps:
+            raise ValueError(f"sequence of {T} steps longer than max_steps={self.max_steps}")
+
     def _bn_seq(self, v, which, gain, bias):
         """v (B, T, D): each step normalised with its own statistics, in one fused call."""
         B, T, D = v.shape
-        if T > self.max_steps:
-            raise ValueError(f"sequence of {T} steps longer than max_steps={self.max_steps}")
+        self._check_steps(T)
         rm, rv = self._stats(which)
         if rm is not None:
             rm, rv = rm[: T * D], rv[: T * D]
@@ -245,8 +249,7 @@ class NormRecurrence(Recurrence):
         statistics need (B, T*G), then a view."""
         G = self.w_hh.shape[0]
         if raw:
-            if x.shape[1] > self.max_steps:
-                raise ValueError(f"sequence of {x.shape[1]} steps longer than max_steps={self.max_steps}")
+            self._check_steps(x.shape[1])
             return _InputProj.apply(x.transpose(0, 1), self.w_ih)
         if self.norm == "bn":
             return self._bn_seq(_InputProj.apply(x, self.w_ih), "x", self.gain_x, self.bias).transpose(0, 1)
