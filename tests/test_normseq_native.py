@@ -7,6 +7,10 @@ here (a C++ compiler and ninja, which the install brings), and fail -- with the 
 in the warning -- where it does not."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -173,15 +177,61 @@ def test_a_lock_left_by_a_killed_build_does_not_block_the_next(monkeypatch, tmp_
 
     monkeypatch.setattr(cpp_extension, "load", fake_load)
     # the directory the builder will use, with a stale lock inside
-    tag, _ = native._flags()
-    ver = torch.__version__.split("+")[0].replace(".", "_")
-    name_dir = tmp_path / f"bench_normlstm_{tag}_torch{ver}"
+    name_dir = native.build_dir()
+    assert name_dir.parent == tmp_path
     name_dir.mkdir(parents=True)
     (name_dir / "lock").write_text("")
     assert native.kernel() == "module"
     assert seen["lock_present"] is False
     assert not (name_dir / "lock").exists()
     assert "-O3" in seen["flags"]
+
+
+def test_a_library_that_does_not_import_is_rebuilt(monkeypatch, tmp_path):
+    """A build killed while linking can leave a truncated library: importing it fails, and the
+    next process builds again instead of running without the kernel."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_STATE", {})
+    built = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **k: built.append(k["name"]) or "rebuilt")
+    d = native.build_dir()
+    d.mkdir(parents=True)
+    (d / f"{d.name}.so").write_bytes(b"not a shared library")
+    assert native.kernel() == "rebuilt"
+    assert built == [d.name]
+
+
+def test_the_build_folder_is_keyed_by_source_flags_and_interpreter(monkeypatch, tmp_path):
+    """Another source (an edited kernel) or other flags get another folder, so a stale library is
+    never imported; the same source at another path (another checkout) gets the same folder."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    here = native.build_dir()
+    assert f"_py{sys.version_info[0]}{sys.version_info[1]}_" in here.name
+    copy = tmp_path / "elsewhere" / "normlstm.cpp"
+    copy.parent.mkdir()
+    copy.write_bytes(native._SRC.read_bytes())
+    monkeypatch.setattr(native, "_SRC", copy)
+    assert native.build_dir() == here
+    copy.write_bytes(native._SRC.read_bytes() + b"\n// edited\n")
+    assert native.build_dir() != here
+    copy.write_bytes(native._SRC.read_bytes()[: -len(b"\n// edited\n")])
+    assert native.build_dir() == here
+    monkeypatch.setattr(native, "_flags", lambda: ("avx2", ["-O2"]))
+    assert native.build_dir() != here
+
+
+def test_a_built_kernel_loads_without_torchs_extension_loader(kernel):
+    """Once built, a process imports the library directly: torch.utils.cpp_extension (0.25 s to
+    import, plus ninja's up-to-date check) is not touched, and the kernel runs."""
+    code = ("import sys, torch; from bench.models import native; k = native.kernel(); "
+            "assert k is not None; assert 'torch.utils.cpp_extension' not in sys.modules, 'loader imported'; "
+            "print(native.backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "BENCH_NORMSEQ_NATIVE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith("native-")
 
 
 def test_provenance_names_what_ran_the_normalized_cells_loops(kernel):
