@@ -42,10 +42,12 @@ def cmd_list(args) -> int:
 
 
 def _spec_args(p: argparse.ArgumentParser, cell: bool = False):
-    p.add_argument("--task", required=True)
-    p.add_argument("--length", type=int, required=True)
+    p.add_argument("--task", required=not cell)
+    p.add_argument("--length", type=int, required=not cell)
     p.add_argument("--mitigation", required=True)
     if cell:
+        p.add_argument("--cells", nargs="+", default=None, metavar="TASK@LENGTH",
+                       help="several cells in one process, e.g. adding@25 adding@50 copy@5 (instead of --task, --length)")
         p.add_argument("--seeds", type=int, nargs="+", required=True)
     else:
         p.add_argument("--seed", type=int, default=0)
@@ -60,10 +62,30 @@ def _spec_args(p: argparse.ArgumentParser, cell: bool = False):
     p.add_argument("--threads", type=int, default=None)
 
 
-def _spec(a, seed) -> RunSpec:
-    return RunSpec(task=a.task, length=a.length, mitigation=a.mitigation, seed=seed, hidden=a.hidden,
-                   batch=a.batch, optimizer=a.optimizer, lr=a.lr, budget=a.budget, eval_every=a.eval_every,
-                   heldout_size=a.heldout_size, device=a.device, threads=a.threads)
+def _spec(a, seed, task=None, length=None) -> RunSpec:
+    return RunSpec(task=a.task if task is None else task, length=a.length if length is None else length,
+                   mitigation=a.mitigation, seed=seed, hidden=a.hidden, batch=a.batch, optimizer=a.optimizer,
+                   lr=a.lr, budget=a.budget, eval_every=a.eval_every, heldout_size=a.heldout_size,
+                   device=a.device, threads=a.threads)
+
+
+def _cells(a) -> List[tuple]:
+    """run-cell's (task, length) pairs: --cells TASK@LENGTH ..., or --task and --length."""
+    if a.cells is None:
+        if a.task is None or a.length is None:
+            raise BenchError("run-cell needs --task and --length, or --cells TASK@LENGTH ...")
+        return [(a.task, a.length)]
+    if a.task is not None or a.length is not None:
+        raise BenchError("run-cell takes --cells or --task/--length, not both")
+    out = []
+    for c in a.cells:
+        task, at, length = c.rpartition("@")
+        if not at or not task or not length.isdigit():
+            raise BenchError(f"--cells: {c!r} is not TASK@LENGTH (e.g. adding@50)")
+        if (task, int(length)) in out:
+            raise BenchError(f"--cells: {c!r} is given twice")
+        out.append((task, int(length)))
+    return out
 
 
 def _progress_bar(spec: RunSpec):
@@ -101,22 +123,41 @@ def cmd_run(a) -> int:
 
 
 def cmd_run_cell(a) -> int:
-    """Train every seed of one (task, length, mitigation, lr) cell in one process; a run that
-    raises is written as an 'error' record and the others go on."""
+    """Train every seed of one or more (task, length) cells of one (mitigation, lr) in one process
+    (one process start for them all); a run that raises is written as an 'error' record and the
+    others go on. --out: one path per (cell, seed), cell-major."""
     from .train import error_record, run_safely
 
-    if len(a.out) != len(a.seeds):
-        raise BenchError(f"--out needs one path per seed: {len(a.seeds)} seeds, {len(a.out)} paths")
-    for seed, out in zip(a.seeds, a.out):
+    cells = _cells(a)
+    if (a.out is None) == (a.out_pattern is None):
+        raise BenchError("run-cell needs --out (one path per run) or --out-pattern, one of them")
+    if a.out_pattern is not None:
         try:
-            spec = _spec(a, seed)
-        except BenchError as e:
-            rec = error_record({"task": a.task, "length": a.length, "mitigation": a.mitigation, "seed": seed}, e)
-        else:
-            rec = run_safely(spec)
-        write_json_atomic(out, rec)
-        msg = rec["error"]["message"] if rec["outcome"] == "error" else f"{rec['steps']} steps"
-        print(f"{a.mitigation} {a.task}@{a.length} seed {seed}: {rec['outcome']} ({msg})", file=sys.stderr)
+            paths = [a.out_pattern.format(task=t, length=n, seed=s) for t, n in cells for s in a.seeds]
+        except (KeyError, IndexError, ValueError) as e:
+            raise BenchError(f"--out-pattern {a.out_pattern!r}: only {{task}}, {{length}} and {{seed}} can be "
+                             f"filled in ({type(e).__name__}: {e})") from None
+        if len(set(paths)) != len(paths):
+            raise BenchError(f"--out-pattern {a.out_pattern!r} gives two runs the same path: it needs "
+                             "{task}, {length} and {seed} where the runs differ")
+    elif len(a.out) != len(cells) * len(a.seeds):
+        raise BenchError(f"--out needs one path per (cell, seed), cell-major: {len(cells)} cell(s) x "
+                         f"{len(a.seeds)} seed(s) = {len(cells) * len(a.seeds)}, got {len(a.out)} paths")
+    else:
+        paths = a.out
+    outs = iter(paths)
+    for task, length in cells:
+        for seed in a.seeds:
+            out = next(outs)
+            try:
+                spec = _spec(a, seed, task, length)
+            except BenchError as e:
+                rec = error_record({"task": task, "length": length, "mitigation": a.mitigation, "seed": seed}, e)
+            else:
+                rec = run_safely(spec)
+            write_json_atomic(out, rec)
+            msg = rec["error"]["message"] if rec["outcome"] == "error" else f"{rec['steps']} steps"
+            print(f"{a.mitigation} {task}@{length} seed {seed}: {rec['outcome']} ({msg})", file=sys.stderr, flush=True)
     return 0
 
 
@@ -153,9 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("run", help="train one run and write its JSON record")
     _spec_args(pr)
     pr.add_argument("--out", required=True, help="path of the JSON record")
-    pc = sub.add_parser("run-cell", help="train several seeds of one configuration")
+    pc = sub.add_parser("run-cell", help="train several seeds of one or more cells of one mitigation")
     _spec_args(pc, cell=True)
-    pc.add_argument("--out", nargs="+", required=True, help="one record path per seed")
+    pc.add_argument("--out", nargs="+", default=None, help="one record path per (cell, seed), cell-major")
+    pc.add_argument("--out-pattern", default=None,
+                    help="record paths as a pattern, e.g. 'runs/{task}/T{length}/seed{seed}.json' (instead of --out)")
     pn = sub.add_parser("native", help="build or load the normalized cells' native kernel (once per machine)")
     pn.add_argument("--mitigations", nargs="*", default=None,
                     help="build only if one of these would use it (the pipeline passes its sweep's)")

@@ -19,7 +19,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -171,7 +171,7 @@ def format_lr(lr: float) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """One job: every seed of (task, length, mitigation, lr)."""
+    """One cell of the grid: every seed of (task, length, mitigation, lr)."""
 
     task: str
     length: int
@@ -199,6 +199,7 @@ class Sweep:
     threads: int
     lr: Dict[str, List[float]]  # canonical mitigation -> learning rates
     optimizer: Dict[str, str]  # canonical mitigation -> optimizer
+    job_grouping: str = "mitigation"  # one training job per (mitigation, lr), or per "cell"
 
     def lr_labels(self, mitigation: str) -> List[str]:
         return [format_lr(v) for v in self.lr[mitigation]] if mitigation in self.lr else [DEFAULT_LR]
@@ -209,6 +210,21 @@ class Sweep:
                 for m in self.mitigations:
                     for lr in self.lr_labels(m):
                         yield Cell(task, length, m, lr)
+
+    def jobs(self) -> Iterator[Tuple[Dict[str, str], List[Cell]]]:
+        """The training jobs: (the job's wildcards, the cells it trains), in the config's order.
+        job_grouping "mitigation": one job per (mitigation, lr) trains every task, length and
+        seed of it in one process (each process start costs 1-3 s, mostly `import torch`);
+        "cell": one job per (task, length, mitigation, lr), all seeds (most parallel; reruns
+        touch only the cells that changed)."""
+        if self.job_grouping == "cell":
+            for c in self.cells():
+                yield {"task": c.task, "length": str(c.length), "mitigation": c.mitigation, "lr": c.lr}, [c]
+            return
+        for m in self.mitigations:
+            for lr in self.lr_labels(m):
+                yield {"mitigation": m, "lr": lr}, [Cell(t, length, m, lr) for t, ls in self.tasks.items()
+                                                    for length in ls]
 
     def train_flags(self, mitigation: str, lr: str) -> str:
         """The `bench run-cell` flags that shape a record (not task, length, seeds, device,
@@ -228,7 +244,7 @@ class Sweep:
                 "seeds": list(self.seeds), "hidden": self.hidden, "batch": self.batch, "budget": self.budget,
                 "eval_every": self.eval_every, "heldout_size": self.heldout_size, "device": self.device,
                 "threads": self.threads, "lr": {m: list(v) for m, v in self.lr.items()},
-                "optimizer": dict(self.optimizer)}
+                "optimizer": dict(self.optimizer), "job_grouping": self.job_grouping}
 
 
 def _per_mitigation(cfg: dict, key: str, canon: Dict[str, str], problems: List[str]) -> Dict[str, Any]:
@@ -316,7 +332,8 @@ def expand(config: Mapping) -> Sweep:
         raise ConfigError(problems)
     return Sweep(tasks=tasks, mitigations=list(mits), seeds=[int(s) for s in cfg["seeds"]],
                  **{k: int(cfg[k]) for k in INT_KEYS}, device=cfg["device"],
-                 lr={m: [float(x) for x in v] for m, v in lr.items()}, optimizer=optimizer)
+                 lr={m: [float(x) for x in v] for m, v in lr.items()}, optimizer=optimizer,
+                 job_grouping=cfg.get("job_grouping", "mitigation"))
 
 
 def _recipes() -> List[str]:

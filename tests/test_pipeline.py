@@ -1,6 +1,7 @@
 """The Snakemake pipeline end to end on config/smoke.yaml, in a copy of the workflow: one record
 and one table row per run, the report with every section and figure, no work redone on a
-second invocation, and only the changed mitigation's cells retrained after a config edit."""
+second invocation, and only the changed mitigation's job retrained after a config edit; the same
+records whether a job trains one mitigation's cells (the default) or one cell."""
 from __future__ import annotations
 
 import re
@@ -72,7 +73,7 @@ def test_smoke_runs_end_to_end(smoke):
     assert "Using workflow specific profile profiles/default" in out  # picked up by itself
     assert "bench native: no normalized cell on the CPU in this sweep" in out  # onstart: nothing to build
     sweep, expected = expected_records(wd / "config" / "smoke.yaml")
-    assert job_counts(out)["train"] == len(list(sweep.cells())) == 6
+    assert job_counts(out)["train"] == len(list(sweep.jobs())) == 3  # one per (mitigation, lr)
     assert set(map(str, (q.relative_to(wd) for q in wd.glob("results/runs/**/*.json")))) == expected
     for path in expected:
         rec = read_record(wd / path)
@@ -95,10 +96,13 @@ def test_smoke_runs_end_to_end(smoke):
         assert f'id="{sid}"' in html, sid
     for name in FIGURE_NAMES:
         assert (wd / "results" / "figures" / f"{name}.png").stat().st_size > 0, name
-    for c in sweep.cells():
-        cell = f"{c.task}/T{c.length}/{c.mitigation}/lr-{c.lr}"
-        assert (wd / "logs" / "train" / f"{cell}.log").exists()
-        assert (wd / "benchmarks" / "train" / f"{cell}.tsv").exists()
+    for w, cells in sweep.jobs():
+        job = f"{w['mitigation']}/lr-{w['lr']}"
+        assert len(cells) == 2  # both tasks' lengths in one process
+        assert (wd / "logs" / "train" / f"{job}.log").exists()
+        assert (wd / "benchmarks" / "train" / f"{job}.tsv").exists()
+    jobs = pd.read_csv(wd / "results" / "jobs.csv")
+    assert len(jobs) == 3 and set(jobs["n_records"]) == {2 * 2} and set(jobs["status"]) == {"ok"}
     print(f"smoke sweep: {seconds:.0f} s")
 
 
@@ -123,7 +127,7 @@ def test_snakemake_report_collects_the_figures(smoke):
     assert any(n.endswith("/summary.csv") for n in names)
 
 
-def test_changing_one_mitigation_retrains_only_its_cells(smoke):
+def test_changing_one_mitigation_retrains_only_its_job(smoke):
     wd = smoke[0]
     cfg = yaml.safe_load((wd / "config" / "smoke.yaml").read_text())
     cfg["mitigations"] = ["rnn", "lstm", "rnn+clipvalue:0.5"]  # was rnn+clipnorm:1
@@ -132,7 +136,7 @@ def test_changing_one_mitigation_retrains_only_its_cells(smoke):
     assert kept
     # target the table only (the report is not needed); --configfile takes every word after it
     p = snakemake(wd, "results/runs.parquet", "--configfile", "config/edited.yaml")
-    assert job_counts(p.stdout + p.stderr)["train"] == 2  # one cell per task length
+    assert job_counts(p.stdout + p.stderr)["train"] == 1  # the new mitigation's job
     now = mtimes(wd, "results/runs/**/*.json")
     assert {k: now[k] for k in kept} == kept  # untouched cells: not retrained
     sweep, expected = expected_records(wd / "config" / "edited.yaml")
@@ -142,15 +146,22 @@ def test_changing_one_mitigation_retrains_only_its_cells(smoke):
 
 
 def test_placement_settings_do_not_retrain_but_training_settings_do(smoke):
-    """device and threads only place a job and dropping a seed only drops its records; budget
-    shapes every record (the params trigger) and a new seed is a missing output in every cell."""
+    """device and threads only place a job and dropping a seed or a task only drops its records; budget
+    shapes every record (the params trigger) and a new seed is a missing output in every job."""
     wd = smoke[0]
     args = ("-n", "--configfile", "config/edited.yaml")
     p = snakemake(wd, *args, "--config", "threads=2", "device=auto", "seeds=[1]")
     assert "train" not in job_counts(p.stdout + p.stderr)
+    cfg = yaml.safe_load((wd / "config" / "edited.yaml").read_text())
+    cfg["tasks"] = {"adding": cfg["tasks"]["adding"]}  # the copy task's cells dropped
+    (wd / "config" / "fewer.yaml").write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", "--configfile", "config/fewer.yaml")
+    assert "train" not in job_counts(p.stdout + p.stderr)
     p = snakemake(wd, *args, "--config", "budget=30")
-    assert job_counts(p.stdout + p.stderr)["train"] == 6
+    assert job_counts(p.stdout + p.stderr)["train"] == 3
     p = snakemake(wd, *args, "--config", "seeds=[0,1,2]")
+    assert job_counts(p.stdout + p.stderr)["train"] == 3
+    p = snakemake(wd, *args, "--config", "job_grouping=cell", "budget=30")
     assert job_counts(p.stdout + p.stderr)["train"] == 6
 
 
@@ -177,7 +188,7 @@ def test_dry_run_of_the_default_sweep(tmp_path):
     p = snakemake(wd, "-n")
     sweep, _ = expected_records(wd / "config" / "config.yaml")
     counts = job_counts(p.stdout + p.stderr)
-    assert counts["train"] == len(list(sweep.cells()))
+    assert counts["train"] == len(list(sweep.jobs())) == len(sweep.mitigations) == 13
     assert counts["aggregate"] == counts["report"] == counts["config_used"] == 1
     assert not (wd / "results").exists()
 
@@ -187,10 +198,10 @@ def test_config_overrides_reach_the_jobs(tmp_path):
     p = snakemake(wd, "-n", "--configfile", "config/smoke.yaml", "--config", "budget=50", "seeds=[3,4,5]",
                   "lr={lstm: [0.002, 0.02]}", "mitigations=[rnn,lstm]")
     out = p.stdout + p.stderr
-    assert job_counts(out)["train"] == 2 * 3  # 2 tasks x (rnn at 0.01 + lstm at 2 rates)
+    assert job_counts(out)["train"] == 3  # rnn at 0.01 + lstm at 2 rates, both tasks in each
     cmds = [line for line in out.splitlines() if "bench run-cell" in line]
-    assert cmds and all("--budget 50" in c and "--seeds 3 4 5 " in c for c in cmds)
-    assert sum("--mitigation lstm " in c and "--lr 0.02 --optimizer rmsprop" in c for c in cmds) == 2
+    assert cmds and all("--budget 50" in c and "--cells adding@5 copy@2 --seeds 3 4 5 " in c for c in cmds)
+    assert sum("--mitigation lstm " in c and "--lr 0.02 --optimizer rmsprop" in c for c in cmds) == 1
 
 
 def test_gpu_profile_and_full_config(tmp_path):
@@ -198,6 +209,30 @@ def test_gpu_profile_and_full_config(tmp_path):
     p = snakemake(wd, "-n", "--configfile", "config/full.yaml", "--profile", "profiles/gpu")
     out = p.stdout + p.stderr
     sweep, _ = expected_records(wd / "config" / "full.yaml")
-    assert job_counts(out)["train"] == len(list(sweep.cells()))
+    assert job_counts(out)["train"] == len(list(sweep.jobs())) == sum(len(sweep.lr_labels(m)) for m in sweep.mitigations)
     train_resources = re.findall(r"rule train:\n(?:    .*\n)*?    resources: (.*)", out)
     assert train_resources and all("gpu=1" in r for r in train_resources)
+
+
+def test_one_job_per_cell_gives_the_same_records(smoke, tmp_path):
+    """job_grouping: cell -- one job per (task, length, mitigation, lr) -- trains the same runs to
+    the same records, bit for bit (timings and provenance aside), as the default grouping."""
+    ref = smoke[0]
+    wd = copy_workflow(tmp_path)
+    p = snakemake(wd, "results/runs.parquet", "--configfile", "config/smoke.yaml", "--config", "job_grouping=cell")
+    sweep, expected = expected_records(wd / "config" / "smoke.yaml")
+    assert job_counts(p.stdout + p.stderr)["train"] == len(list(sweep.cells())) == 6
+    for c in sweep.cells():
+        assert (wd / "logs" / "train" / c.task / f"T{c.length}" / c.mitigation / f"lr-{c.lr}.log").exists()
+
+    def strip(path):
+        rec = json.loads(path.read_text())
+        rec.pop("timing"), rec.pop("provenance")
+        for row in rec["curve"]:
+            row.pop("wall_s", None)
+        return rec
+
+    for path in expected:
+        assert strip(wd / path) == strip(ref / path), path
+    jobs = pd.read_csv(wd / "results" / "jobs.csv")
+    assert len(jobs) == 6 and set(jobs["n_records"]) == {2}

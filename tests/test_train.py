@@ -442,6 +442,51 @@ def test_cli_tiny_run_writes_a_readable_record(tmp_path):
     assert str(out) in p.stderr
 
 
+def test_cli_run_cell_trains_several_cells_in_one_process_as_separate_runs_would(tmp_path):
+    """The pipeline's grouped job: --cells and --out-pattern give the same records, bit for bit
+    (timings and provenance aside), as one `run` per (cell, seed)."""
+    from bench.cli import main
+
+    small = ["--mitigation", "gru", "--hidden", "8", "--batch", "8", "--budget", "4", "--eval-every", "2",
+             "--heldout-size", "16", "--device", "cpu", "--threads", "1"]
+    pattern = str(tmp_path / "grouped" / "{task}-{length}" / "s{seed}.json")
+    assert main(["run-cell", "--cells", "adding@6", "temporal_order@12", "--seeds", "0", "3",
+                 "--out-pattern", pattern, *small]) == 0
+    for task, length in (("adding", 6), ("temporal_order", 12)):
+        for seed in (0, 3):
+            alone = tmp_path / "alone" / f"{task}-{length}-{seed}.json"
+            assert main(["run", "--task", task, "--length", str(length), "--seed", str(seed), "--out", str(alone),
+                         *small]) == 0
+            got, want = (read_record(q) for q in (pattern.format(task=task, length=length, seed=seed), alone))
+            for r in (got, want):
+                r.pop("timing"), r.pop("provenance")
+                for row in r["curve"]:
+                    row.pop("wall_s", None)
+            assert got == want, (task, length, seed)
+            assert got["spec"]["task"] == task and got["spec"]["length"] == length and got["spec"]["seed"] == seed
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--cells", "adding6", "--out", "a"], "'adding6' is not TASK@LENGTH"),
+    (["--cells", "adding@6", "adding@6", "--out", "a", "b"], "given twice"),
+    (["--cells", "adding@6", "--task", "adding", "--out", "a"], "not both"),
+    (["--out", "a"], "needs --task and --length, or --cells"),
+    (["--cells", "adding@6", "copy@5", "--out", "a"], "2 cell(s) x 1 seed(s) = 2, got 1 paths"),
+    (["--cells", "adding@6"], "needs --out (one path per run) or --out-pattern"),
+    (["--cells", "adding@6", "copy@6", "--out-pattern", "r-{length}.json"], "gives two runs the same path"),
+    (["--cells", "adding@6", "--out-pattern", "r-{cell}.json"], "only {task}, {length} and {seed}"),
+])
+def test_cli_run_cell_bad_cells_or_paths_is_one_line_exit_2(args, fragment, tmp_path, capsys, monkeypatch):
+    from bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["run-cell", "--mitigation", "rnn", "--seeds", "0", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and fragment in err and err.startswith("error: "), err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_frozen_gc_freezes_inside_and_restores():
     import gc
 

@@ -3,6 +3,7 @@ input functions. The config is validated here, once, before any job is scheduled
 import json
 import os
 import re
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -45,10 +46,13 @@ SWEEP = _load_sweep()
 
 from bench.report.captions import CAPTIONS, FIGURE_NAMES  # names and captions only: no plotting stack
 
-# One record per run; one training job per cell writes the records of all its seeds.
+# One record per run. One training job writes the records of every cell it trains: all tasks,
+# lengths and seeds of one (mitigation, lr) with job_grouping "mitigation" (the default), all seeds
+# of one (task, length, mitigation, lr) with "cell".
 RUN_RECORD = "results/runs/{task}/T{length}/{mitigation}/lr-{lr}/seed{seed}.json"
-CELL = "{task}/T{length}/{mitigation}/lr-{lr}"
-TRAIN_BENCHMARK = f"benchmarks/train/{CELL}.tsv"  # Snakemake's timing of each training job
+JOB = "{task}/T{length}/{mitigation}/lr-{lr}" if SWEEP.job_grouping == "cell" else "{mitigation}/lr-{lr}"
+TRAIN_BENCHMARK = f"benchmarks/train/{JOB}.tsv"  # Snakemake's timing of each training job
+TRAIN_LOG = f"logs/train/{JOB}.log"
 
 # Mitigation names hold '+', ':' and '.': the wildcards match exactly the configured names.
 wildcard_constraints:
@@ -64,14 +68,23 @@ def all_records():
             for c in SWEEP.cells() for s in SWEEP.seeds]
 
 
+def train_outputs():
+    """The train rule's outputs, cell-major with the seeds inside; the job's own wildcards stay
+    open ({mitigation}, {lr}, and with job_grouping "cell" also {task}, {length})."""
+    if SWEEP.job_grouping == "cell":
+        return expand(RUN_RECORD, seed=SWEEP.seeds, allow_missing=True)
+    return [RUN_RECORD.format(task=t, length=length, mitigation="{mitigation}", lr="{lr}", seed=s)
+            for t, lengths in SWEEP.tasks.items() for length in lengths for s in SWEEP.seeds]
+
+
 def train_jobs():
-    """One entry per training job: its cell, its benchmark file and its records (the aggregate
+    """One entry per training job: its name, its benchmark file and its records (the aggregate
     step's jobs table, for the pipeline overhead)."""
     jobs = []
-    for c in SWEEP.cells():
-        w = dict(task=c.task, length=c.length, mitigation=c.mitigation, lr=c.lr)
-        jobs.append({"job": CELL.format(**w), "benchmark": TRAIN_BENCHMARK.format(**w),
-                     "records": [RUN_RECORD.format(**w, seed=s) for s in SWEEP.seeds]})
+    for w, cells in SWEEP.jobs():
+        jobs.append({"job": JOB.format(**w), "benchmark": TRAIN_BENCHMARK.format(**w),
+                     "records": [RUN_RECORD.format(task=c.task, length=c.length, mitigation=c.mitigation,
+                                                   lr=c.lr, seed=s) for c in cells for s in SWEEP.seeds]})
     return jobs
 
 
@@ -79,8 +92,21 @@ def train_flags(wildcards):
     return SWEEP.train_flags(wildcards.mitigation, wildcards.lr)
 
 
-def seeds_of_outputs(wildcards, output):
-    return " ".join(re.fullmatch(r".*/seed(\d+)\.json", f).group(1) for f in output)
+def runs_of_outputs(wildcards, output):
+    """`--cells TASK@LENGTH ... --seeds ... --out-pattern P`, read off the outputs (cell-major,
+    seeds inside): a derived param, so adding a seed or a length reruns the jobs for their new
+    outputs and removing one reruns nothing. The pattern keeps the command line short (a job of a
+    large sweep has thousands of outputs; one shell argument holds at most 128 KiB)."""
+    cells, seeds = [], []
+    for f in output:
+        m = re.fullmatch(r"results/runs/([^/]+)/T(\d+)/.*/seed(\d+)\.json", f)
+        cells += [f"{m.group(1)}@{m.group(2)}"] if f"{m.group(1)}@{m.group(2)}" not in cells else []
+        seeds += [m.group(3)] if m.group(3) not in seeds else []
+    pattern = RUN_RECORD.replace("{mitigation}", wildcards.mitigation).replace("{lr}", wildcards.lr)
+    expected = [pattern.format(task=c.split("@")[0], length=c.split("@")[1], seed=s) for c in cells for s in seeds]
+    if list(output) != expected:  # the rule's outputs are cell-major over every seed (train_outputs)
+        raise WorkflowError(f"train outputs are not cell-major over the seeds: {list(output)[:4]} ...")
+    return f"--cells {' '.join(cells)} --seeds {' '.join(seeds)} --out-pattern {shlex.quote(pattern)}"
 
 
 def figure_caption(name):

@@ -1,24 +1,24 @@
 rule train:
-    """Train every seed of one (task, length, mitigation, lr) cell in one process. A run that
+    """Train the cells of one job in one process: every task, length and seed of one (mitigation,
+    lr), or with job_grouping "cell" every seed of one (task, length, mitigation, lr). A run that
     raises becomes an 'error' record (bench run-cell), so a training failure never fails the job.
 
     params.settings holds exactly what shapes a record, so the params rerun trigger retrains a
-    cell when it changes and leaves the other cells alone. The seeds are read off the outputs
-    (a derived param: adding a seed reruns the cells for their new output, removing one reruns
-    nothing); device and threads only place the job, so they are resources."""
+    job when it changes and leaves the other jobs alone. The cells and seeds are read off the
+    outputs (a derived param: adding a seed or a length reruns the jobs for their new outputs,
+    removing one reruns nothing); device and threads only place the job, so they are resources."""
     output:
-        expand(RUN_RECORD, seed=SWEEP.seeds, allow_missing=True),
+        train_outputs(),
     log:
-        f"logs/train/{CELL}.log",
+        TRAIN_LOG,
     benchmark:
         TRAIN_BENCHMARK
     params:
         settings=train_flags,
-        seeds=seeds_of_outputs,
+        runs=runs_of_outputs,
     threads: SWEEP.threads
     resources:
         device=SWEEP.device,
     shell:
-        "python -m bench run-cell --task {wildcards.task} --length {wildcards.length}"
-        " --mitigation {wildcards.mitigation:q} --seeds {params.seeds} --out {output:q}"
+        "python -m bench run-cell {params.runs} --mitigation {wildcards.mitigation:q}"
         " {params.settings} --device {resources.device} --threads {threads} > {log:q} 2>&1"
