@@ -39,6 +39,9 @@ onstart:
 
 
 rule all:
+    # The records too: Snakemake (>= 7.7) does not remake a deleted file whose downstream outputs
+    # exist, so a record deleted after the report was drawn would otherwise never be retrained.
     input:
         "report/report.html",
+        all_records(),
     default_target: True

@@ -236,3 +236,17 @@ def test_one_job_per_cell_gives_the_same_records(smoke, tmp_path):
         assert strip(wd / path) == strip(ref / path), path
     jobs = pd.read_csv(wd / "results" / "jobs.csv")
     assert len(jobs) == 6 and set(jobs["n_records"]) == {2}
+
+    # a record deleted after the tables exist is retrained by the default target (its job only)
+    victim = sorted(expected)[0]
+    want = strip(wd / victim)
+    (wd / victim).unlink()
+    cell_dir = str(Path(victim).parent)  # its job also retrains the cell's other seeds
+    others = {k: v for k, v in mtimes(wd, "results/runs/**/*.json").items() if not k.startswith(cell_dir)}
+    assert others
+    p = snakemake(wd, "--configfile", "config/smoke.yaml", "--config", "job_grouping=cell")
+    counts = job_counts(p.stdout + p.stderr)
+    assert counts["train"] == 1 and counts["aggregate"] == 1, counts
+    assert strip(wd / victim) == want
+    assert {k: v for k, v in mtimes(wd, "results/runs/**/*.json").items() if k in others} == others
+    assert (wd / "report" / "report.html").exists()
