@@ -195,12 +195,17 @@ def test_a_library_that_does_not_import_is_rebuilt(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setattr(native, "_STATE", {})
     built = []
-    monkeypatch.setattr(cpp_extension, "load", lambda **k: built.append(k["name"]) or "rebuilt")
     d = native.build_dir()
+
+    def fake_load(**k):  # what ninja would see: the broken library must be gone, or it is "up to date"
+        built.append((k["name"], (d / f"{d.name}.so").exists()))
+        return "rebuilt"
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
     d.mkdir(parents=True)
     (d / f"{d.name}.so").write_bytes(b"not a shared library")
     assert native.kernel() == "rebuilt"
-    assert built == [d.name]
+    assert built == [(d.name, False)]
 
 
 def test_the_build_folder_is_keyed_by_source_flags_and_interpreter(monkeypatch, tmp_path):

@@ -136,6 +136,7 @@ def _build():
                     mod = _import_built(name, built)
                     if mod is not None:
                         return mod
+                    built.unlink()  # else ninja would find it up to date and torch would load it again
                 else:
                     print(f"bench: building the normalized cells' native kernel in {build} "
                           "(once per machine, about a minute)", file=sys.stderr, flush=True)

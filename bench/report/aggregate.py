@@ -341,9 +341,9 @@ def tidy(rows: List[Dict]) -> pd.DataFrame:
     """Rows -> a DataFrame with stable dtypes (nullable ints, strings, floats, list columns)."""
     df = pd.DataFrame(rows)
     template = record_to_row({"spec": {}, "outcome": "error"}, "")
-    for c in template:
-        if c not in df.columns:
-            df[c] = None
+    missing = [c for c in template if c not in df.columns]
+    if missing:  # all at once: one column at a time fragments the frame (pandas PerformanceWarning)
+        df = pd.concat([df, pd.DataFrame(None, index=df.index, columns=missing, dtype=object)], axis=1)
     for c in INT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
     for c in STR_COLUMNS:
