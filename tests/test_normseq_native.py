@@ -187,25 +187,52 @@ def test_a_lock_left_by_a_killed_build_does_not_block_the_next(monkeypatch, tmp_
     assert "-O3" in seen["flags"]
 
 
-def test_a_library_that_does_not_import_is_rebuilt(monkeypatch, tmp_path):
-    """A build killed while linking can leave a truncated library: importing it fails, and the
-    next process builds again instead of running without the kernel."""
+@pytest.mark.parametrize("stamped", [False, True])
+def test_a_library_from_an_unfinished_build_is_never_imported(monkeypatch, tmp_path, stamped):
+    """A build killed while linking can leave a truncated library, and importing one kills the
+    process (SIGBUS). Only a library with a matching completion stamp is imported; otherwise the
+    folder's build products are removed (ninja would call them up to date) and it is rebuilt."""
     from torch.utils import cpp_extension
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setattr(native, "_STATE", {})
-    built = []
     d = native.build_dir()
+    so = d / f"{d.name}.so"
+    seen = []
 
-    def fake_load(**k):  # what ninja would see: the broken library must be gone, or it is "up to date"
-        built.append((k["name"], (d / f"{d.name}.so").exists()))
+    def fake_load(**k):
+        seen.append((so.exists(), (d / "normlstm.o").exists()))
+        so.write_bytes(b"a finished library")
         return "rebuilt"
 
+    def must_not_import(name, path):
+        raise AssertionError("imported a library from an unfinished build")
+
     monkeypatch.setattr(cpp_extension, "load", fake_load)
+    monkeypatch.setattr(native, "_import_built", must_not_import)
     d.mkdir(parents=True)
-    (d / f"{d.name}.so").write_bytes(b"not a shared library")
+    (d / "normlstm.o").write_bytes(b"truncated object")
+    so.write_bytes(b"truncated")
+    if stamped:  # a stamp of another library (size differs): still not this one
+        (d / f"{d.name}.so.complete").write_text("123456 1")
     assert native.kernel() == "rebuilt"
-    assert built == [(d.name, False)]
+    assert seen == [(False, False)]
+    assert (d / f"{d.name}.so.complete").read_text() == native._stamp(so)  # this build finished
+
+
+def test_a_library_that_does_not_import_is_rebuilt(monkeypatch, tmp_path):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_STATE", {})
+    d = native.build_dir()
+    so = d / f"{d.name}.so"
+    d.mkdir(parents=True)
+    so.write_bytes(b"stamped but not a library")
+    (d / f"{d.name}.so.complete").write_text(native._stamp(so))
+    monkeypatch.setattr(native, "_import_built", lambda name, path: None)
+    monkeypatch.setattr(cpp_extension, "load", lambda **k: "rebuilt" if not so.exists() else "stale")
+    assert native.kernel() == "rebuilt"
 
 
 def test_the_build_folder_is_keyed_by_source_flags_and_interpreter(monkeypatch, tmp_path):

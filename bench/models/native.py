@@ -13,7 +13,8 @@ vector extension (AVX2 builds use -mavx2 -mfma: a binary built on one node is ne
 node without them), the torch and Python versions and a hash of the source and flags. Later
 processes import that built library directly (milliseconds; torch's loader would first run
 ninja's up-to-date check, 0.25 s per process here, and rebuild whenever the same source lies at
-another path, i.e. in another checkout); a library that does not import is rebuilt. Processes that
+another path, i.e. in another checkout). Only a library whose build finished is imported (a stamp
+written after it, matching its size and time); anything else is rebuilt from scratch. Processes that
 start together (pipeline jobs) wait for one build under an OS file lock, which the OS releases if
 the building process dies (a job killed mid-build does not leave the others waiting forever).
 `backend()` names what ran ("native-avx2", "native-generic", "torchscript", "python"), for
@@ -131,19 +132,26 @@ def _build():
                 stale = build / "lock"  # torch's own baton: only a dead builder can have left it
                 if stale.exists():
                     stale.unlink()
-                built = build / f"{name}.so"
-                if built.exists():
+                built, stamp = build / f"{name}.so", build / f"{name}.so.complete"
+                if built.exists() and stamp.exists() and stamp.read_text() == _stamp(built):
                     mod = _import_built(name, built)
                     if mod is not None:
                         return mod
-                    built.unlink()  # else ninja would find it up to date and torch would load it again
-                else:
-                    print(f"bench: building the normalized cells' native kernel in {build} "
-                          "(once per machine, about a minute)", file=sys.stderr, flush=True)
+                if built.exists() or any(build.glob("*.o")):
+                    # Not known complete: a build killed mid-way can leave a truncated library
+                    # (importing it kills the process with SIGBUS) or object file, which ninja
+                    # would call up to date. Start over.
+                    for f in [built, stamp, *build.glob("*.o"), build / ".ninja_log", build / ".ninja_deps"]:
+                        f.unlink(missing_ok=True)
+                print(f"bench: building the normalized cells' native kernel in {build} "
+                      "(once per machine, about a minute)", file=sys.stderr, flush=True)
                 from torch.utils import cpp_extension  # 0.25 s to import: only to build
 
-                return cpp_extension.load(name=name, sources=[str(_SRC)], extra_cflags=flags,
-                                          build_directory=str(build), verbose=False)
+                mod = cpp_extension.load(name=name, sources=[str(_SRC)], extra_cflags=flags,
+                                         build_directory=str(build), verbose=False)
+                if built.exists():
+                    stamp.write_text(_stamp(built))  # written last: the build finished
+                return mod
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     except Exception as e:  # noqa: BLE001 -- any failure: the TorchScript loops, said once
@@ -154,9 +162,14 @@ def _build():
         return None
 
 
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size} {st.st_mtime_ns}"
+
+
 def _import_built(name: str, path: Path):
-    """The library an earlier process built here, imported directly; None if it does not import
-    (a build killed while linking, say): then it is rebuilt."""
+    """The library a finished build left here, imported directly; None if it does not import
+    (then it is rebuilt)."""
     try:
         spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(spec)
