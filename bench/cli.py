@@ -62,11 +62,10 @@ def _spec_args(p: argparse.ArgumentParser, cell: bool = False):
     p.add_argument("--threads", type=int, default=None)
 
 
-def _spec(a, seed, task=None, length=None) -> RunSpec:
-    return RunSpec(task=a.task if task is None else task, length=a.length if length is None else length,
-                   mitigation=a.mitigation, seed=seed, hidden=a.hidden, batch=a.batch, optimizer=a.optimizer,
-                   lr=a.lr, budget=a.budget, eval_every=a.eval_every, heldout_size=a.heldout_size,
-                   device=a.device, threads=a.threads)
+def _spec(a, task, length, seed) -> RunSpec:
+    return RunSpec(task=task, length=length, mitigation=a.mitigation, seed=seed, hidden=a.hidden, batch=a.batch,
+                   optimizer=a.optimizer, lr=a.lr, budget=a.budget, eval_every=a.eval_every,
+                   heldout_size=a.heldout_size, device=a.device, threads=a.threads)
 
 
 def _cells(a) -> List[tuple]:
@@ -108,7 +107,7 @@ def _progress_bar(spec: RunSpec):
 def cmd_run(a) -> int:
     from .train import train
 
-    spec = _spec(a, a.seed)
+    spec = _spec(a, a.task, a.length, a.seed)
     cb, bar = _progress_bar(spec)
     try:
         rec = train(spec, cb)
@@ -122,6 +121,27 @@ def cmd_run(a) -> int:
     return 0
 
 
+def _out_paths(a, cells) -> List[str]:
+    """One record path per (cell, seed), cell-major: --out as given, or --out-pattern filled in."""
+    if (a.out is None) == (a.out_pattern is None):
+        raise BenchError("run-cell needs --out (one path per run) or --out-pattern, one of them")
+    n = len(cells) * len(a.seeds)
+    if a.out is not None:
+        if len(a.out) != n:
+            raise BenchError(f"--out needs one path per (cell, seed), cell-major: {len(cells)} cell(s) x "
+                             f"{len(a.seeds)} seed(s) = {n}, got {len(a.out)} paths")
+        return a.out
+    try:
+        paths = [a.out_pattern.format(task=t, length=L, seed=s) for t, L in cells for s in a.seeds]
+    except (KeyError, IndexError, ValueError) as e:
+        raise BenchError(f"--out-pattern {a.out_pattern!r}: only {{task}}, {{length}} and {{seed}} can be "
+                         f"filled in ({type(e).__name__}: {e})") from None
+    if len(set(paths)) != len(paths):
+        raise BenchError(f"--out-pattern {a.out_pattern!r} gives two runs the same path: it needs "
+                         "{task}, {length} and {seed} where the runs differ")
+    return paths
+
+
 def cmd_run_cell(a) -> int:
     """Train every seed of one or more (task, length) cells of one (mitigation, lr) in one process
     (one process start for them all); a run that raises is written as an 'error' record and the
@@ -129,33 +149,16 @@ def cmd_run_cell(a) -> int:
     from .train import error_record, run_safely
 
     cells = _cells(a)
-    if (a.out is None) == (a.out_pattern is None):
-        raise BenchError("run-cell needs --out (one path per run) or --out-pattern, one of them")
-    if a.out_pattern is not None:
-        try:
-            paths = [a.out_pattern.format(task=t, length=n, seed=s) for t, n in cells for s in a.seeds]
-        except (KeyError, IndexError, ValueError) as e:
-            raise BenchError(f"--out-pattern {a.out_pattern!r}: only {{task}}, {{length}} and {{seed}} can be "
-                             f"filled in ({type(e).__name__}: {e})") from None
-        if len(set(paths)) != len(paths):
-            raise BenchError(f"--out-pattern {a.out_pattern!r} gives two runs the same path: it needs "
-                             "{task}, {length} and {seed} where the runs differ")
-    elif len(a.out) != len(cells) * len(a.seeds):
-        raise BenchError(f"--out needs one path per (cell, seed), cell-major: {len(cells)} cell(s) x "
-                         f"{len(a.seeds)} seed(s) = {len(cells) * len(a.seeds)}, got {len(a.out)} paths")
-    else:
-        paths = a.out
-    outs = iter(paths)
+    paths = iter(_out_paths(a, cells))
     for task, length in cells:
         for seed in a.seeds:
-            out = next(outs)
             try:
-                spec = _spec(a, seed, task, length)
+                spec = _spec(a, task, length, seed)
             except BenchError as e:
                 rec = error_record({"task": task, "length": length, "mitigation": a.mitigation, "seed": seed}, e)
             else:
                 rec = run_safely(spec)
-            write_json_atomic(out, rec)
+            write_json_atomic(next(paths), rec)
             msg = rec["error"]["message"] if rec["outcome"] == "error" else f"{rec['steps']} steps"
             print(f"{a.mitigation} {task}@{length} seed {seed}: {rec['outcome']} ({msg})", file=sys.stderr, flush=True)
     return 0

@@ -223,8 +223,12 @@ class Sweep:
             return
         for m in self.mitigations:
             for lr in self.lr_labels(m):
-                yield {"mitigation": m, "lr": lr}, [Cell(t, length, m, lr) for t, ls in self.tasks.items()
-                                                    for length in ls]
+                yield {"mitigation": m, "lr": lr}, [Cell(t, length, m, lr) for t, length in self.task_lengths()]
+
+    def task_lengths(self) -> List[Tuple[str, int]]:
+        """Every (task, length) of the sweep, in the config's order: the cells of one
+        mitigation's job with job_grouping "mitigation"."""
+        return [(t, length) for t, lengths in self.tasks.items() for length in lengths]
 
     def train_flags(self, mitigation: str, lr: str) -> str:
         """The `bench run-cell` flags that shape a record (not task, length, seeds, device,

@@ -74,7 +74,7 @@ def train_outputs():
     if SWEEP.job_grouping == "cell":
         return expand(RUN_RECORD, seed=SWEEP.seeds, allow_missing=True)
     return [RUN_RECORD.format(task=t, length=length, mitigation="{mitigation}", lr="{lr}", seed=s)
-            for t, lengths in SWEEP.tasks.items() for length in lengths for s in SWEEP.seeds]
+            for t, length in SWEEP.task_lengths() for s in SWEEP.seeds]
 
 
 def train_jobs():
