@@ -205,6 +205,10 @@ def _train(spec, task, mit, device, progress, t_wall0, defer_host_checks: Option
         if clipvalue is not None:  # does clipping by value change anything this step (device bool)
             flag = torch.stack([(p.grad.abs() > clipvalue).any() for p in params if p.grad is not None]).any()
         pending.append((step, loss.detach(), gnorm, flag))
+        # drop this step's batch, output and loss (and with them its autograd graph) now: held
+        # until the next step reassigns them, they stay alive through its forward and backward,
+        # which cost GRU at T=1000 about 12% a step (measured against a loop that drops them)
+        del x, y, out, loss
         if not defer:  # host sync every step: a divergence ends the run before the update
             nan_step = host_check()
             if nan_step is not None:
