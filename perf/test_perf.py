@@ -32,6 +32,9 @@ else:
                     [(128, 100, m, 40) for m in ("rnn", "lstm", "gru", "lstm+clipnorm:1")] + \
                     [(h, 1000, m, 12) for h in (64, 128) for m in ("rnn", "lstm", "gru")]
 
+# target 5's bound (full mode): one step at batch S x 64 against S separate steps at batch 64
+STACK_CASES = [] if QUICK else [(64, 100, m) for m in perf.STACK_CASES]
+
 DEFAULT_RUNS = ["rnn", "lstm", "gru", "bn_lstm", "ln_lstm", "lstm+tbptt:20"]
 
 # rounds, warmup rounds per sequence length (quick, full)
@@ -106,6 +109,21 @@ def test_harness(benchmark, timer, hidden, T, name, steps):
     benchmark.extra_info["bare_step"] = bare
     for k in ("loop_step", "setup", "diag", "snap_each", "eval", "wall"):
         benchmark.extra_info[k] = [p[k] for p in parts]
+
+
+@pytest.mark.parametrize("hidden,T,name", STACK_CASES, ids=_ids(STACK_CASES))
+def test_stack_bound(benchmark, timer, hidden, T, name):
+    """Target 5's upper bound (stacking seeds is not implemented): one training step at batch
+    S x 64 (the benchmark) against S separate runs' steps at batch 64 (timed before every round,
+    interleaved). See bench.perf.stack_bound_steps for why it bounds what stacking could save."""
+    rounds, warmup = ROUNDS[T]
+    stacked, separate = perf.stack_bound_steps(name, T, hidden)
+    before = perf.Interleaved({"separate": separate}, warmup, timer)
+    benchmark.group = f"stack bound h{hidden} T{T}"
+    benchmark.extra_info.update(kind="stack_bound", name=name, hidden=hidden, T=T, batch=perf.BATCH, S=perf.STACK_S,
+                                malloc=perf.MALLOC_MODE, **perf.device_info())
+    benchmark.pedantic(stacked, setup=before, rounds=rounds, warmup_rounds=warmup)
+    benchmark.extra_info["separate_times"] = before.measured("separate")
 
 
 @pytest.mark.skipif(QUICK, reason="full mode only (1000 training steps per run)")

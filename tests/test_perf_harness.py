@@ -148,3 +148,51 @@ def test_check_without_a_baseline_for_the_device_says_so(tmp_path):
     (tmp_path / "gpu.json").write_text(json.dumps(_bench_json(0.020, device="cuda")))
     r = _check(tmp_path, tmp_path / "gpu.json", "--baseline", tmp_path / "none.json")
     assert r.returncode == 0 and "no baseline at" in r.stdout and "--save-baseline" in r.stdout
+
+
+# -- target 5's bound (stacking seeds: not implemented, its best case measured) ----------------------
+def test_stack_bound_steps_time_one_big_batch_against_s_separate_runs(monkeypatch):
+    made = []
+    real = perf.EngineStep
+
+    def spy(*a, **k):
+        made.append(real(*a, **k))
+        return made[-1]
+
+    monkeypatch.setattr(perf, "EngineStep", spy)
+    stacked, separate = perf.stack_bound_steps("ln_lstm", 6, 8, S=3, batch=4)
+    runs = made[1:]
+    assert stacked is made[0] and stacked.batch == 12
+    assert [r.batch for r in runs] == [4, 4, 4] and len({float(r.params[0].detach().sum()) for r in runs}) == 3  # 3 seeds
+    stacked()
+    separate()
+    separate()
+    assert len(stacked.losses) == 1 and [len(r.losses) for r in runs] == [2, 2, 2]
+
+
+def _stack_json(stacked_s, separate_s):
+    return {"benchmarks": [{
+        "name": "test_stack_bound[h64-T100-ln_lstm]", "fullname": "perf/test_perf.py::test_stack_bound[h64-T100-ln_lstm]",
+        "stats": {"median": stacked_s}, "options": {"timer": "process_time"},
+        "extra_info": {"kind": "stack_bound", "name": "ln_lstm", "hidden": 64, "T": 100, "batch": 64, "S": 5,
+                       "malloc": "pinned", "device": "cpu", "separate_times": [separate_s] * 3}}]}
+
+
+@pytest.mark.parametrize("stacked_s,verdict", [(0.08, "could save"), (0.10, "no gain"), (0.12, "no gain")])
+def test_stack_bound_is_reported_as_a_measurement_not_a_target(stacked_s, verdict):
+    rows = [r for r in perf.targets(_stack_json(stacked_s, 0.10)) if r["target"].startswith("T5")]
+    assert len(rows) == 1
+    assert rows[0]["target"] == "T5 bound S=5" and rows[0]["value"] == pytest.approx(stacked_s / 0.10)
+    assert rows[0]["verdict"] == verdict and "not implemented" in rows[0]["note"]
+    assert not any(k.startswith(("stack", "step/")) for k in perf.ratios(_stack_json(stacked_s, 0.10)))
+
+
+def test_check_reports_the_stack_bound_and_does_not_count_it_as_a_miss(tmp_path):
+    data = _bench_json(0.012)  # bn_lstm 1.2x the fused LSTM: T2 passes
+    data["benchmarks"] += _stack_json(0.12, 0.10)["benchmarks"]
+    (tmp_path / "s.json").write_text(json.dumps(data))
+    r = _check(tmp_path, tmp_path / "s.json", "--baseline", tmp_path / "none.json", "--fail-on-miss")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 MISS of" in r.stdout
+    line = next(ln for ln in (tmp_path / "out.md").read_text().splitlines() if "T5 bound" in ln)
+    assert "no gain" in line and "< 1" in line and "1.200" in line
