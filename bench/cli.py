@@ -146,21 +146,37 @@ def cmd_run_cell(a) -> int:
     """Train every seed of one or more (task, length) cells of one (mitigation, lr) in one process
     (one process start for them all); a run that raises is written as an 'error' record and the
     others go on. --out: one path per (cell, seed), cell-major."""
-    from .train import error_record, run_safely
+    from . import train
+    from .resume import ResumeCache
 
     cells = _cells(a)
-    paths = iter(_out_paths(a, cells))
+    outs = _out_paths(a, cells)
+    cache = ResumeCache(a.resume_dir) if a.resume_dir else None
+    paths = iter(outs)
     for task, length in cells:
         for seed in a.seeds:
+            out, resumed = next(paths), False
             try:
                 spec = _spec(a, task, length, seed)
             except BenchError as e:
-                rec = error_record({"task": task, "length": length, "mitigation": a.mitigation, "seed": seed}, e)
+                rec = train.error_record({"task": task, "length": length, "mitigation": a.mitigation, "seed": seed}, e)
             else:
-                rec = run_safely(spec)
-            write_json_atomic(next(paths), rec)
+                rec = cache.get(out, spec) if cache else None
+                resumed = rec is not None
+                if not resumed:
+                    rec = train.run_safely(spec)
+            write_json_atomic(out, rec)
+            if cache and not resumed:
+                cache.put(out, rec)
             msg = rec["error"]["message"] if rec["outcome"] == "error" else f"{rec['steps']} steps"
-            print(f"{a.mitigation} {task}@{length} seed {seed}: {rec['outcome']} ({msg})", file=sys.stderr, flush=True)
+            how = ", resumed: trained by an earlier, interrupted process" if resumed else ""
+            print(f"{a.mitigation} {task}@{length} seed {seed}: {rec['outcome']} ({msg}{how})", file=sys.stderr,
+                  flush=True)
+    if cache:
+        cache.clear(outs)
+        if cache.resumed:
+            print(f"{cache.resumed} of {len(outs)} run(s) taken from {a.resume_dir} (finished before an interruption)",
+                  file=sys.stderr)
     return 0
 
 
@@ -202,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--out", nargs="+", default=None, help="one record path per (cell, seed), cell-major")
     pc.add_argument("--out-pattern", default=None,
                     help="record paths as a pattern, e.g. 'runs/{task}/T{length}/seed{seed}.json' (instead of --out)")
+    pc.add_argument("--resume-dir", default=None,
+                    help="keep each finished run's record here too, and take it back instead of training when "
+                         "this job runs again after an interruption (same run, code and device; see bench/resume.py)")
     pn = sub.add_parser("native", help="build or load the normalized cells' native kernel (once per machine)")
     pn.add_argument("--mitigations", nargs="*", default=None,
                     help="build only if one of these would use it (the pipeline passes its sweep's)")

@@ -1,7 +1,8 @@
 """Fault tolerance of the pipeline: kill -9 in the middle of a sweep, rerun the same command, and
 the results equal an uninterrupted run's (outcomes and metrics; timings and provenance aside),
-with the jobs finished before the kill not retrained (a job cut short is retrained whole); a diverged run and a run that raises are
-recorded, and the rest of the sweep completes."""
+with the jobs finished before the kill not retrained, and a job cut short taking back the runs it had
+finished (results/.resume); a diverged run and a run that raises are recorded, and the rest of the
+sweep completes."""
 from __future__ import annotations
 
 import json
@@ -32,9 +33,13 @@ CMD = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "confi
 
 
 def _setup(wd: Path) -> Path:
+    return _setup_with(wd, CONFIG)
+
+
+def _setup_with(wd: Path, config: dict) -> Path:
     wd.mkdir(parents=True)
     copy_workflow(wd)
-    (wd / "config" / "ft.yaml").write_text(yaml.safe_dump(CONFIG))
+    (wd / "config" / "ft.yaml").write_text(yaml.safe_dump(config))
     return wd
 
 
@@ -91,3 +96,38 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
     kept = [f for f, t in before.items() if f.exists() and f.stat().st_mtime_ns == t]
     assert kept, "finished runs were retrained"
     assert (wd / "report" / "report.html").exists()
+
+
+def test_a_job_killed_part_way_takes_back_its_finished_runs(tmp_path):
+    """One training job (one mitigation: 2 tasks x 2 seeds) killed after some of its runs: the
+    rerun trains only the others and takes the finished ones back from results/.resume -- the
+    same files, byte for byte -- and the records equal an uninterrupted run's."""
+    cfg = {k: v for k, v in CONFIG.items() if k not in ("lr", "optimizer")}
+    cfg.update(mitigations=["lstm"], budget=250, eval_every=250)
+    ref = _setup_with(tmp_path / "ref", cfg)
+    p = subprocess.run(CMD, cwd=ref, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    expected = _records(ref)
+    assert len(expected) == 4 and not (ref / "results" / ".resume").exists()
+
+    wd = _setup_with(tmp_path / "killed", cfg)
+    proc = subprocess.Popen(CMD, cwd=wd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    cache = wd / "results" / ".resume"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(cache.glob("*.json")):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    cached = [json.loads(f.read_text())["out"] for f in cache.glob("*.json")]
+    assert 0 < len(cached) < 4, "the kill should land inside the job"
+    written = {o: (wd / o).read_bytes() for o in cached}
+
+    p = subprocess.run(CMD, cwd=wd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert _records(wd) == expected
+    for o, data in written.items():
+        assert (wd / o).read_bytes() == data, f"{o} was trained again"
+    log = (wd / "logs" / "train" / "lstm" / "lr-default.log").read_text()
+    assert f"{len(cached)} of 4 run(s) taken from results/.resume" in log
+    assert not cache.exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -554,3 +555,117 @@ def test_a_step_does_not_keep_the_previous_steps_graph_alive(mit, tiny_spec, mon
     assert rec["outcome"] != "error" and rec["steps"] == 6
     assert len(outputs) >= 6 and len(alive_at_start) == len(outputs)
     assert alive_at_start == [0] * len(alive_at_start)
+
+
+# -- resuming a job that was interrupted (run-cell --resume-dir) ------------------------------------
+RESUME_SMALL = ["--mitigation", "gru", "--hidden", "8", "--batch", "8", "--budget", "4", "--eval-every", "2",
+                "--heldout-size", "16", "--device", "cpu", "--threads", "1",
+                "--cells", "adding@6", "temporal_order@12", "--seeds", "0", "1"]
+
+
+class _Killed(BaseException):
+    """Stands for the process being interrupted (like KeyboardInterrupt, which pytest keeps for
+    itself): not an Exception, so run_safely does not turn it into an error record."""
+
+
+def _interrupt_after(monkeypatch, n):
+    """run_safely raises _Killed when called for the (n+1)-th time; returns the list of specs it
+    trained."""
+    real, trained = run_safely, []
+
+    def run(spec):
+        if len(trained) == n:
+            raise _Killed
+        trained.append(spec)
+        return real(spec)
+
+    monkeypatch.setattr(bench.train, "run_safely", run)
+    return trained
+
+
+def _count_runs(monkeypatch):
+    real, trained = run_safely, []  # the module's own, not an earlier _interrupt_after
+
+    def run(spec):
+        trained.append(spec)
+        return real(spec)
+
+    monkeypatch.setattr(bench.train, "run_safely", run)
+    return trained
+
+
+def test_cli_run_cell_resumes_the_runs_an_interrupted_job_finished(tmp_path, monkeypatch):
+    from bench.cli import main
+
+    ref = str(tmp_path / "ref" / "{task}-{length}-s{seed}.json")
+    assert main(["run-cell", *RESUME_SMALL, "--out-pattern", ref]) == 0
+    out, cache = str(tmp_path / "out" / "{task}-{length}-s{seed}.json"), tmp_path / "resume"
+    args = ["run-cell", *RESUME_SMALL, "--out-pattern", out, "--resume-dir", str(cache)]
+    paths = [out.format(task=t, length=L, seed=s) for t, L in (("adding", 6), ("temporal_order", 12)) for s in (0, 1)]
+
+    _interrupt_after(monkeypatch, 2)
+    with pytest.raises(_Killed):
+        main(args)
+    assert len(list(cache.glob("*.json"))) == 2
+    done = {p: open(p, "rb").read() for p in paths[:2]}
+    for p in paths[:2]:  # Snakemake deletes an incomplete job's outputs before running it again
+        os.unlink(p)
+
+    trained = _count_runs(monkeypatch)
+    assert main(args) == 0
+    assert [(s.task, s.seed) for s in trained] == [("temporal_order", 0), ("temporal_order", 1)]
+    for p in paths[:2]:  # the very records the interrupted process wrote, timings included
+        assert open(p, "rb").read() == done[p]
+    for p in paths:
+        q = ref.format(**{k: v for k, v in zip(("task", "length", "seed"), _parts(p))})
+        assert _strip(read_record(p)) == _strip(read_record(q)), p
+    assert not cache.exists()  # the job finished: its cached records are gone
+
+
+def _parts(path):
+    name = os.path.basename(path)[: -len(".json")]
+    task_len, seed = name.rsplit("-s", 1)
+    task, length = task_len.rsplit("-", 1)
+    return task, int(length), int(seed)
+
+
+@pytest.mark.parametrize("change", ["code", "run", "garbage"])
+def test_cli_run_cell_retrains_a_cached_run_when_the_code_or_the_run_changed(change, tmp_path, monkeypatch):
+    import bench.resume
+    from bench.cli import main
+
+    out, cache = str(tmp_path / "out" / "{task}-{length}-s{seed}.json"), tmp_path / "resume"
+    args = ["run-cell", *RESUME_SMALL, "--out-pattern", out, "--resume-dir", str(cache)]
+    _interrupt_after(monkeypatch, 1)
+    with pytest.raises(_Killed):
+        main(args)
+    (entry,) = cache.glob("*.json")
+    if change == "code":
+        monkeypatch.setattr(bench.resume, "_FINGERPRINT", "another version of the engine")
+    elif change == "run":
+        args[args.index("--budget") + 1] = "5"
+    else:
+        entry.write_text("{not json")
+    trained = _count_runs(monkeypatch)
+    assert main(args) == 0
+    assert len(trained) == 4
+    assert all(read_record(out.format(task=t, length=L, seed=s))["steps"] == (5 if change == "run" else 4)
+               for t, L in (("adding", 6), ("temporal_order", 12)) for s in (0, 1))
+    assert not cache.exists()
+
+
+def test_resume_cache_keeps_no_error_record_and_only_for_the_same_path(tmp_path, tiny_spec):
+    from bench.resume import ResumeCache
+
+    cache = ResumeCache(str(tmp_path / "r"))
+    spec = tiny_spec()
+    rec = train(spec)
+    cache.put("results/a.json", {**rec, "outcome": "error"})
+    assert not (tmp_path / "r").exists()
+    cache.put("results/a.json", rec)
+    assert cache.get("results/b.json", spec) is None
+    got = cache.get("results/./a.json", spec)
+    assert got is not None and _strip(got) == _strip(json.loads(json.dumps(rec)))
+    assert cache.get("results/a.json", tiny_spec(seed=1)) is None
+    cache.clear(["results/a.json"])
+    assert not (tmp_path / "r").exists()
