@@ -33,7 +33,7 @@ else:
                     [(h, 1000, m, 12) for h in (64, 128) for m in ("rnn", "lstm", "gru")]
 
 # target 5's bound (full mode): one step at batch S x 64 against S separate steps at batch 64
-STACK_CASES = [] if QUICK else [(64, 100, m) for m in perf.STACK_CASES]
+STACK_CASES = [(64, 100, m) for m in perf.STACK_CASES]
 
 DEFAULT_RUNS = ["rnn", "lstm", "gru", "bn_lstm", "ln_lstm", "lstm+tbptt:20"]
 
@@ -111,6 +111,7 @@ def test_harness(benchmark, timer, hidden, T, name, steps):
         benchmark.extra_info[k] = [p[k] for p in parts]
 
 
+@pytest.mark.skipif(QUICK, reason="full mode only (target 5's bound is reported, not checked)")
 @pytest.mark.parametrize("hidden,T,name", STACK_CASES, ids=_ids(STACK_CASES))
 def test_stack_bound(benchmark, timer, hidden, T, name):
     """Target 5's upper bound (stacking seeds is not implemented): one training step at batch
