@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Dict, Iterable, Optional
 
@@ -81,11 +82,20 @@ class ResumeCache:
         return None
 
     def put(self, out: str, rec: Dict) -> None:
+        """Keep `rec` (not an error record). Best effort: the record itself is already written, so
+        a failure here (a full disk; another job removing the then empty folder between our mkdir
+        and our write, retried once) is a warning, never a failed job."""
         if rec.get("outcome") == "error":
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path_for(out), {"format": FORMAT, "out": os.path.normpath(out),
-                                               "code": code_fingerprint(), "record": rec})
+        entry = {"format": FORMAT, "out": os.path.normpath(out), "code": code_fingerprint(), "record": rec}
+        for attempt in (1, 2):
+            try:
+                write_json_atomic(self.path_for(out), entry)  # creates the folder
+                return
+            except OSError as e:
+                if attempt == 2:
+                    print(f"warning: could not keep {out} in {self.root} for resuming ({e}); "
+                          "if this job is interrupted, that run will train again", file=sys.stderr)
 
     def clear(self, outs: Iterable[str]) -> None:
         """Delete the cached records of `outs` (the job finished), and the folder if empty."""

@@ -669,3 +669,15 @@ def test_resume_cache_keeps_no_error_record_and_only_for_the_same_path(tmp_path,
     assert cache.get("results/a.json", tiny_spec(seed=1)) is None
     cache.clear(["results/a.json"])
     assert not (tmp_path / "r").exists()
+
+
+def test_resume_cache_that_cannot_be_written_is_a_warning_not_a_failed_job(tmp_path, tiny_spec, capsys):
+    from bench.resume import ResumeCache
+
+    (tmp_path / "blocker").write_text("a file where the folder should be")
+    cache = ResumeCache(str(tmp_path / "blocker" / "resume"))
+    rec = train(tiny_spec())
+    cache.put("results/a.json", rec)  # no exception
+    err = capsys.readouterr().err
+    assert "warning: could not keep results/a.json" in err and "will train again" in err
+    assert cache.get("results/a.json", tiny_spec()) is None
