@@ -33,6 +33,7 @@ import torch
 
 from .devices import resolve_device
 from .records import write_json_atomic
+from .spec import RunSpec
 
 FORMAT = 1
 _FINGERPRINT: Optional[str] = None
@@ -72,7 +73,7 @@ class ResumeCache:
             rec = entry["record"]
             ok = (entry.get("format") == FORMAT and entry.get("out") == os.path.normpath(out)
                   and entry.get("code") == code_fingerprint() and rec.get("outcome") != "error"
-                  and rec.get("spec") == json.loads(json.dumps(spec.to_dict()))
+                  and RunSpec.from_dict(rec["spec"]) == spec
                   and rec.get("device") == str(resolve_device(spec.device)))
         except Exception:  # noqa: BLE001 -- unreadable, not a cache entry, device not here: train
             return None

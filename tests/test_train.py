@@ -568,27 +568,16 @@ class _Killed(BaseException):
     itself): not an Exception, so run_safely does not turn it into an error record."""
 
 
-def _interrupt_after(monkeypatch, n):
-    """run_safely raises _Killed when called for the (n+1)-th time; returns the list of specs it
-    trained."""
-    real, trained = run_safely, []
+def _spy_runs(monkeypatch, stop_after=None):
+    """Wrap run_safely (the module's own, not an earlier spy): returns the list of specs it
+    trains; with stop_after=n, the (n+1)-th call raises _Killed instead."""
+    trained = []
 
     def run(spec):
-        if len(trained) == n:
+        if len(trained) == stop_after:
             raise _Killed
         trained.append(spec)
-        return real(spec)
-
-    monkeypatch.setattr(bench.train, "run_safely", run)
-    return trained
-
-
-def _count_runs(monkeypatch):
-    real, trained = run_safely, []  # the module's own, not an earlier _interrupt_after
-
-    def run(spec):
-        trained.append(spec)
-        return real(spec)
+        return run_safely(spec)
 
     monkeypatch.setattr(bench.train, "run_safely", run)
     return trained
@@ -601,9 +590,10 @@ def test_cli_run_cell_resumes_the_runs_an_interrupted_job_finished(tmp_path, mon
     assert main(["run-cell", *RESUME_SMALL, "--out-pattern", ref]) == 0
     out, cache = str(tmp_path / "out" / "{task}-{length}-s{seed}.json"), tmp_path / "resume"
     args = ["run-cell", *RESUME_SMALL, "--out-pattern", out, "--resume-dir", str(cache)]
-    paths = [out.format(task=t, length=L, seed=s) for t, L in (("adding", 6), ("temporal_order", 12)) for s in (0, 1)]
+    runs = [dict(task=t, length=L, seed=s) for t, L in (("adding", 6), ("temporal_order", 12)) for s in (0, 1)]
+    paths = [out.format(**r) for r in runs]
 
-    _interrupt_after(monkeypatch, 2)
+    _spy_runs(monkeypatch, stop_after=2)
     with pytest.raises(_Killed):
         main(args)
     assert len(list(cache.glob("*.json"))) == 2
@@ -611,22 +601,14 @@ def test_cli_run_cell_resumes_the_runs_an_interrupted_job_finished(tmp_path, mon
     for p in paths[:2]:  # Snakemake deletes an incomplete job's outputs before running it again
         os.unlink(p)
 
-    trained = _count_runs(monkeypatch)
+    trained = _spy_runs(monkeypatch)
     assert main(args) == 0
     assert [(s.task, s.seed) for s in trained] == [("temporal_order", 0), ("temporal_order", 1)]
     for p in paths[:2]:  # the very records the interrupted process wrote, timings included
         assert open(p, "rb").read() == done[p]
-    for p in paths:
-        q = ref.format(**{k: v for k, v in zip(("task", "length", "seed"), _parts(p))})
-        assert _strip(read_record(p)) == _strip(read_record(q)), p
+    for r in runs:
+        assert _strip(read_record(out.format(**r))) == _strip(read_record(ref.format(**r))), r
     assert not cache.exists()  # the job finished: its cached records are gone
-
-
-def _parts(path):
-    name = os.path.basename(path)[: -len(".json")]
-    task_len, seed = name.rsplit("-s", 1)
-    task, length = task_len.rsplit("-", 1)
-    return task, int(length), int(seed)
 
 
 @pytest.mark.parametrize("change", ["code", "run", "garbage"])
@@ -636,7 +618,7 @@ def test_cli_run_cell_retrains_a_cached_run_when_the_code_or_the_run_changed(cha
 
     out, cache = str(tmp_path / "out" / "{task}-{length}-s{seed}.json"), tmp_path / "resume"
     args = ["run-cell", *RESUME_SMALL, "--out-pattern", out, "--resume-dir", str(cache)]
-    _interrupt_after(monkeypatch, 1)
+    _spy_runs(monkeypatch, stop_after=1)
     with pytest.raises(_Killed):
         main(args)
     (entry,) = cache.glob("*.json")
@@ -646,7 +628,7 @@ def test_cli_run_cell_retrains_a_cached_run_when_the_code_or_the_run_changed(cha
         args[args.index("--budget") + 1] = "5"
     else:
         entry.write_text("{not json")
-    trained = _count_runs(monkeypatch)
+    trained = _spy_runs(monkeypatch)
     assert main(args) == 0
     assert len(trained) == 4
     assert all(read_record(out.format(task=t, length=L, seed=s))["steps"] == (5 if change == "run" else 4)
