@@ -176,6 +176,9 @@ def main(argv=None) -> int:
     ap.add_argument("--save-baseline", action="store_true",
                     help="write the result's ratios into the baseline (merged with its other keys) and exit")
     ap.add_argument("--replace", action="store_true", help="with --save-baseline: drop the keys not in the result")
+    ap.add_argument("--keep-larger", action="store_true",
+                    help="with --save-baseline: keep, per ratio, the larger of the baseline's and the result's (a "
+                         "baseline that holds on several machines of one kind; the earlier measurement is kept)")
     ap.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="compare B against A (two commits)")
     ap.add_argument("--report", default=str(REPORT), help="where to write the markdown results (default perf/last_results.md)")
     ap.add_argument("--summary", action="store_true", help="print the table of step medians and exit")
@@ -223,12 +226,23 @@ def main(argv=None) -> int:
     tol = a.tolerance if a.tolerance is not None else baseline.get("tolerance", DEFAULT_TOL)
 
     if a.save_baseline:
-        new = {} if a.replace else dict(baseline.get("ratios", {}))
-        new.update({k: round(v["value"], 4) for k, v in cur.items()})
+        if a.replace and a.keep_larger:
+            print("perf/check.py: --replace and --keep-larger exclude each other", file=sys.stderr)
+            return 2
+        old = dict(baseline.get("ratios", {}))
+        new = {} if a.replace else dict(old)
+        for k, v in cur.items():
+            new[k] = round(max(v["value"], old[k]) if a.keep_larger and k in old else v["value"], 4)
         mi = data.get("machine_info", {})
+        about = ("Ratios of medians measured within one run (see perf/README.md); perf/check.py fails when "
+                 "a ratio exceeds baseline * (1 + tolerance) twice in a row.")
+        if a.keep_larger:
+            raised = sum(1 for k, v in cur.items() if k in old and v["value"] > old[k])
+            about = (baseline.get("about") or about) + (
+                f" {datetime.date.today().isoformat()}: merged with --keep-larger ({raised} of {len(cur)} ratios "
+                "raised; 'measured' is that run, 'measured.before' the baseline it was merged into).")
         baseline = {
-            "about": "Ratios of medians measured within one run (see perf/README.md); perf/check.py fails when "
-                     "a ratio exceeds baseline * (1 + tolerance) twice in a row.",
+            "about": about,
             "tolerance": tol,
             "measured": {"date": datetime.date.today().isoformat(),
                          "commit": data.get("commit_info", {}).get("id"),
@@ -239,7 +253,8 @@ def main(argv=None) -> int:
                          "cpu": (mi.get("cpu") or {}).get("brand_raw"),
                          "quick": os.environ.get("BENCH_PERF_QUICK", ""),
                          "note": "2 shared CPU cores, noisy; torch.set_num_threads(1)" if dev == "cpu"
-                                 else "GPU; torch.set_num_threads(1) on the host"},
+                                 else "GPU; torch.set_num_threads(1) on the host",
+                         **({"before": baseline.get("measured")} if a.keep_larger and baseline.get("measured") else {})},
             "ratios": dict(sorted(new.items())),
         }
         bpath.write_text(json.dumps(baseline, indent=1) + "\n")

@@ -132,6 +132,27 @@ def test_check_fails_on_a_regressed_ratio_and_passes_within_tolerance(tmp_path):
     assert r.returncode == 0 and "OK: no ratio regressed" in r.stdout
 
 
+def test_save_baseline_keep_larger_keeps_the_larger_ratio_of_each_key(tmp_path):
+    """A baseline that holds on two machines of one kind: per ratio the larger of the two runs;
+    the first run's 'measured' entry is kept under 'measured.before'."""
+    base = tmp_path / "base.json"
+    (tmp_path / "a.json").write_text(json.dumps(_bench_json(0.020)))   # 2.0
+    (tmp_path / "b.json").write_text(json.dumps(_bench_json(0.030)))   # 3.0 on the other machine
+    (tmp_path / "c.json").write_text(json.dumps(_bench_json(0.015)))   # 1.5
+    assert _check(tmp_path, tmp_path / "a.json", "--save-baseline", "--baseline", base).returncode == 0
+    first = json.loads(base.read_text())["measured"]
+    assert _check(tmp_path, tmp_path / "b.json", "--save-baseline", "--keep-larger", "--baseline", base).returncode == 0
+    saved = json.loads(base.read_text())
+    assert saved["ratios"]["step/h64-T100/bn_lstm"] == 3.0 and saved["measured"]["before"] == first
+    assert "--keep-larger (1 of 1 ratios raised" in saved["about"]
+    assert _check(tmp_path, tmp_path / "c.json", "--save-baseline", "--keep-larger", "--baseline", base).returncode == 0
+    assert json.loads(base.read_text())["ratios"]["step/h64-T100/bn_lstm"] == 3.0  # not lowered
+    assert _check(tmp_path, tmp_path / "c.json", "--save-baseline", "--baseline", base).returncode == 0
+    assert json.loads(base.read_text())["ratios"]["step/h64-T100/bn_lstm"] == 1.5  # a plain save replaces
+    r = _check(tmp_path, tmp_path / "c.json", "--save-baseline", "--keep-larger", "--replace", "--baseline", base)
+    assert r.returncode == 2 and "exclude each other" in r.stderr
+
+
 def test_check_never_compares_one_device_with_another(tmp_path):
     base = tmp_path / "base.json"
     (tmp_path / "cpu.json").write_text(json.dumps(_bench_json(0.020)))
