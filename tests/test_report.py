@@ -271,6 +271,22 @@ def test_report_of_an_empty_sweep_still_writes_every_figure(tmp_path):
 
 
 # -- claims flip with the evidence ------------------------------------------------------------------
+def test_a_sweep_whose_every_run_errored_aggregates_and_renders(tmp_path):
+    """E.g. `device: cuda:any` on a machine without CUDA: every record is an error record. The
+    tables and the report are still written, and the report names the errors (an empty
+    learning-rate table once made the aggregate step fail with a KeyError)."""
+    paths = []
+    for i, r in enumerate([record(mitigation=m, length=L, seed=s, outcome="error")
+                           for m in ("lstm", "rnn") for L in (5, 10) for s in (0, 1)]):
+        paths.append(str(tmp_path / f"r{i}.json"))
+        write_json_atomic(paths[-1], r)
+    df = aggregate_records(paths, warn=lambda m: None)
+    assert len(df) == 8 and set(df["outcome"]) == {"error"} and df["lr_chosen"].all()
+    assert summarize(df)["n_error"].sum() == 8
+    html = render_report(df, tmp_path / "r.html", figures_dir=tmp_path / "f").read_text()
+    assert "impossible composition" in html and all(c.reason.endswith(C.NOT_MEASURED) for c in evaluate_claims(df))
+
+
 def test_claim_1_geometric_vs_flat_profiles():
     assert verdict(cell(mitigation="rnn", factor=0.6), 1).verdict == C.SUPPORTED
     assert verdict(cell(mitigation="rnn", factor=1.0), 1).verdict == C.CONTRADICTED

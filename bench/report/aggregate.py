@@ -407,8 +407,11 @@ def lr_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (task, length, mitigation, optimizer, lr) with its success rate and median final
     loss, `chosen` marking the best (optimizer, lr) of each (task, length, mitigation)."""
     key = SUMMARY_KEYS
-    if df.empty:
-        return pd.DataFrame(columns=key + ["n", "n_solved", "success_rate", "median_final_loss", "chosen", "n_lrs"])
+    if df.empty:  # typed columns: an empty object column used as a mask would be read as column labels
+        return pd.DataFrame({**{k: pd.Series(dtype=object) for k in key},
+                             "n": pd.Series(dtype="int64"), "n_solved": pd.Series(dtype="int64"),
+                             "success_rate": pd.Series(dtype=float), "median_final_loss": pd.Series(dtype=float),
+                             "chosen": pd.Series(dtype=bool), "n_lrs": pd.Series(dtype="int64")})
     d = df.assign(_loss=np.where(df["outcome"] == "diverged", np.inf, df["final_loss"].fillna(np.inf)))
     g = d.groupby(key, dropna=False)
     t = g.agg(n=("solved", "size"), n_solved=("solved", "sum"), median_final_loss=("_loss", "median")).reset_index()
