@@ -8,7 +8,7 @@ from typing import List, Optional
 
 from .errors import BenchError
 from .records import write_json_atomic
-from .spec import DEVICES, OPTIMIZERS, RunSpec
+from .spec import DEVICES, OPTIMIZERS, RunSpec, check_device_name
 
 
 def _registries():
@@ -41,6 +41,13 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _device_arg(name: str) -> str:
+    try:
+        return check_device_name(name)
+    except BenchError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _spec_args(p: argparse.ArgumentParser, cell: bool = False):
     p.add_argument("--task", required=not cell)
     p.add_argument("--length", type=int, required=not cell)
@@ -58,7 +65,7 @@ def _spec_args(p: argparse.ArgumentParser, cell: bool = False):
     p.add_argument("--budget", type=int, default=1000, help="training steps at most")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--heldout-size", type=int, default=1000)
-    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--device", type=_device_arg, default="auto", metavar="{" + ",".join(DEVICES) + "}")
     p.add_argument("--threads", type=int, default=None)
 
 
@@ -190,7 +197,14 @@ def cmd_native(a) -> int:
     from .models import native
 
     if a.mitigations is not None:
-        device = resolve_device(a.device)
+        # only the device's type matters here: cuda:any must not claim a GPU for this short process
+        try:
+            device = resolve_device("cuda" if a.device == "cuda:any" else a.device)
+        except BenchError as e:  # a GPU that is not here (a login node of a cluster, say): no CPU kernel needed
+            why = "CUDA is not available here" if not torch.cuda.is_available() else str(e)
+            print(f"bench native: --device {a.device}: {why}; the kernel is for CPU training: nothing to build "
+                  "(runs started here on that device become error records)", file=sys.stderr)
+            return 0
         if not any(native.needed(m, device) for m in a.mitigations):
             print("bench native: no normalized cell on the CPU in this sweep; nothing to build", file=sys.stderr)
             return 0
@@ -224,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     pn = sub.add_parser("native", help="build or load the normalized cells' native kernel (once per machine)")
     pn.add_argument("--mitigations", nargs="*", default=None,
                     help="build only if one of these would use it (the pipeline passes its sweep's)")
-    pn.add_argument("--device", default="auto", choices=DEVICES, help="where those would train")
+    pn.add_argument("--device", type=_device_arg, default="auto", metavar="{" + ",".join(DEVICES) + "}",
+                    help="where those would train")
     return p
 
 

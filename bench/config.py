@@ -129,6 +129,8 @@ def _schema_message(e) -> str:
         return f"{key}: expected {wanted}, got {inst!r} ({_type_name(inst)}){hint}"
     if e.validator == "enum":
         return f"{key}: {inst!r} is not a valid choice{_maybe(inst, v)}; valid choices: {', '.join(map(str, v))}"
+    if e.validator == "pattern" and "x-choices" in e.schema:
+        return f"{key}: {inst!r} is not a valid choice; valid choices: {', '.join(map(str, e.schema['x-choices']))}"
     bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
     if e.validator in bounds:
         return f"{key}: must be {bounds[e.validator]} {v}, got {inst!r}"

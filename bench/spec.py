@@ -2,13 +2,25 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Optional
 
 from .errors import BenchError
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
-DEVICES = ("auto", "cpu", "cuda")
+# cuda:N: the GPU of index N (cuda: the current one); cuda:any: a GPU no other process holds
+# (bench.devices: spreads a sweep's jobs over a machine's GPUs)
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "cuda:any")
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(?::(?:\d+|any))?")
+
+
+def check_device_name(name) -> str:
+    """`name` if it is a device name (whether that device is here is checked when training starts,
+    by bench.devices.resolve_device); otherwise BenchError naming the valid choices."""
+    if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
+        raise BenchError(f"unknown device {name!r}; valid choices: {', '.join(DEVICES)}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -43,8 +55,7 @@ class RunSpec:
             raise BenchError(f"unknown optimizer {self.optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
         if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < 10):
             raise BenchError(f"lr must be a number in (0, 10), got {self.lr!r}")
-        if self.device not in DEVICES:
-            raise BenchError(f"unknown device {self.device!r}; valid choices: {', '.join(DEVICES)}")
+        check_device_name(self.device)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,6 +1,7 @@
 """Train one RunSpec and return its result record (see docs/RECORD.md)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -83,8 +84,11 @@ def train(spec: RunSpec, progress: Optional[Callable[[int, Dict], None]] = None,
     threads_before = torch.get_num_threads()
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
+    # cuda:N: make it the current GPU for the run, so that the step clock's events, synchronize()
+    # and pinned-memory copies all work on the device the model is on
+    on_gpu = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     try:
-        with frozen_gc():  # full GC passes would re-walk the whole interpreter (runtime.frozen_gc)
+        with frozen_gc(), on_gpu:  # full GC passes would re-walk the whole interpreter (runtime.frozen_gc)
             return _train(spec, task, mit, device, progress, t_wall0, defer_host_checks)
     finally:
         torch.set_num_threads(threads_before)

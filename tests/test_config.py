@@ -4,6 +4,7 @@ and the valid choices (bench/config.py directly, all cases); a subset also goes 
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import yaml
 
 from bench.config import DEFAULT_LR, ConfigError, coerce_numbers, format_lr, load_schema, validate
 from bench.models import MITIGATIONS
-from bench.spec import DEVICES, OPTIMIZERS
+from bench.spec import DEVICE_NAME, DEVICES, OPTIMIZERS
 from bench.tasks import TASKS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,8 +82,11 @@ BAD = [
     bad("threads-zero", ["'threads'", "must be >= 1"], threads=0),
     bad("threads-list", ["'threads'", "expected an integer"], threads=[1]),
     # device
-    bad("device-gpu", ["'device'", "'gpu' is not a valid choice", "valid choices: auto, cpu, cuda"], device="gpu"),
-    bad("device-cuda0", ["'device'", "'cuda:0' is not a valid choice"], device="cuda:0"),
+    bad("device-gpu", ["'device'", "'gpu' is not a valid choice", "valid choices: auto, cpu, cuda, cuda:N"],
+        device="gpu"),
+    bad("device-cuda-x", ["'device'", "'cuda:x' is not a valid choice", "valid choices: auto, cpu, cuda, cuda:N"],
+        device="cuda:x"),
+    bad("device-cuda0-spaced", ["'device'", "'cuda: 0' is not a valid choice"], device="cuda: 0"),
     bad("device-number", ["'device'", "expected text"], device=0),
     # tasks: names and lengths
     bad("task-unknown", ["'tasks'", "unknown task 'addin'", "did you mean 'adding'", "valid tasks: adding, copy"],
@@ -211,7 +215,11 @@ def test_each_recipe_and_its_compositions(recipe):
 
 def test_schema_choices_match_the_engine():
     props = load_schema(SCHEMA)["properties"]
-    assert tuple(props["device"]["enum"]) == DEVICES
+    assert tuple(props["device"]["x-choices"]) == DEVICES
+    pattern = re.compile(props["device"]["pattern"])
+    for name in ("auto", "cpu", "cuda", "cuda:0", "cuda:12", "cuda:any", "gpu", "cuda:", "cuda:x", "cuda:anyx",
+                 "CPU", "cuda:0 ", ""):
+        assert bool(pattern.search(name)) == bool(DEVICE_NAME.fullmatch(name)), name
     assert tuple(props["optimizer"]["additionalProperties"]["enum"]) == OPTIMIZERS
 
 
@@ -244,6 +252,13 @@ def test_defaults_fill_in_and_names_become_canonical():
     assert cells == [(name, "0.001"), (name, "0.01"), ("gru", DEFAULT_LR)]
     assert sweep.train_flags(name, "0.01").endswith("--lr 0.01 --optimizer sgd")
     assert "--lr" not in sweep.train_flags("gru", DEFAULT_LR)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:3", "cuda:any"])
+def test_every_device_name_is_accepted(device):
+    """Whether the device is here is checked when a run starts (a clear error record), not here:
+    the config may be written on a login node for GPU nodes."""
+    assert validate(dict(BASE, device=device), SCHEMA).device == device
 
 
 def test_numbers_written_as_text_are_read_as_numbers():

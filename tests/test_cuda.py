@@ -27,6 +27,30 @@ def test_cuda_without_a_gpu_is_a_clear_error_record():
     assert rec["outcome"] == "error" and "valid choices" in rec["error"]["message"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_gpu_index_is_a_device_name_and_without_cuda_a_clear_error(tmp_path, capsys):
+    """cuda:N is accepted by the spec and the CLI; here (no CUDA) the run becomes an error record
+    naming what is available; a malformed name stops the CLI with the valid choices."""
+    from bench.cli import main
+
+    assert RunSpec(mitigation="lstm", device="cuda:1", **SPEC).device == "cuda:1"
+    for bad in ("cuda:x", "gpu", "cuda:", " cpu", 0):
+        with pytest.raises(BenchError, match=r"unknown device .*; valid choices: auto, cpu, cuda, cuda:N, cuda:any$"):
+            RunSpec(mitigation="lstm", device=bad, **SPEC)
+    args = ["run", "--task", "adding", "--length", "10", "--mitigation", "lstm", "--hidden", "8", "--batch", "8",
+            "--budget", "3", "--eval-every", "3", "--heldout-size", "16", "--out", str(tmp_path / "r.json")]
+    rec = run_safely(RunSpec(mitigation="lstm", device="cuda:1", **SPEC))  # as run-cell and the pipeline
+    assert rec["outcome"] == "error" and rec["spec"]["device"] == "cuda:1"
+    assert "'cuda:1' requested but CUDA is not available here; valid choices: auto, cpu" in rec["error"]["message"]
+    assert main([*args, "--device", "cuda:1"]) == 2  # a single run stops with the message
+    assert "error: device 'cuda:1' requested but CUDA is not available here" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--device", "cuda:x"])
+    assert e.value.code == 2
+    assert "argument --device: unknown device 'cuda:x'; valid choices: auto, cpu, cuda, cuda:N" in capsys.readouterr().err
+
+
 def test_device_names_are_checked_in_one_place(monkeypatch):
     """bench.devices.resolve_device checks names for training and for the perf suite alike; what
     is here is faked (no GPU needed): names, a missing GPU, and a device index past the last GPU."""
@@ -81,3 +105,80 @@ def test_cuda_loop_without_host_sync_gives_the_per_step_checked_record(mitigatio
     assert a["grad_norm"]["frac_clipped"] == pytest.approx(b["grad_norm"]["frac_clipped"], abs=0.1)
     assert [r["step"] for r in a["curve"]] == [r["step"] for r in b["curve"]]
     assert train(spec)["timing"]["step_ms"]["median"] > 0  # CUDA-event timings are read back
+
+
+# -- cuda:any: one GPU per process, spread over the machine's GPUs (no GPU needed: locks only) ------
+
+def test_cuda_any_takes_a_gpu_no_one_else_holds_and_waits_when_all_are_held(tmp_path):
+    import os
+    import threading
+
+    names, folder, said = ["GPU-a", "GPU-b"], str(tmp_path / "locks"), []
+    a, b = devices.try_claim(names, folder), devices.try_claim(names, folder)
+    assert (a[0], b[0]) == (0, 1)
+    assert devices.try_claim(names, folder) is None
+    with pytest.raises(BenchError, match=r"all 2 GPU\(s\) stayed held by other processes for 0.05 s"):
+        devices.claim(names, folder, poll_s=0.01, timeout_s=0.05, say=said.append)
+    assert "waiting for one" in said[0] and "--resources gpu=N" in said[0]
+    said.clear()
+    threading.Timer(0.2, os.close, [b[1]]).start()  # the job holding GPU 1 ends
+    got = devices.claim(names, folder, poll_s=0.02, timeout_s=10, say=said.append)
+    assert got[0] == 1 and len(said) == 2 and "GPU 1 is free now" in said[1]
+    for fd in (a[1], got[1]):
+        os.close(fd)
+
+
+def test_a_killed_process_frees_its_gpu_and_locks_name_the_gpu_not_the_index(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder = str(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from bench import devices; "
+         f"print(devices.try_claim(['GPU-a', 'GPU-b'], {folder!r})[0], flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "0"  # the other process holds GPU-a
+        mine = devices.try_claim(["GPU-a", "GPU-b"], folder)
+        assert mine[0] == 1
+        os.close(mine[1])
+        # a process that sees the GPUs in the other order (CUDA_VISIBLE_DEVICES=1,0) still skips GPU-a
+        mine = devices.try_claim(["GPU-b", "GPU-a"], folder)
+        assert mine[0] == 0
+        os.close(mine[1])
+        assert devices.try_claim(["GPU-a"], folder) is None
+    finally:
+        holder.kill()
+        holder.wait()
+    freed = devices.try_claim(["GPU-a"], folder)  # kill -9 left no claim behind
+    assert freed is not None and freed[0] == 0
+    os.close(freed[1])
+
+
+def test_cuda_any_resolves_once_per_process_to_the_claimed_gpu(monkeypatch, tmp_path):
+    import os
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(devices, "_gpu_uuid", lambda i: f"GPU-fake{i}")
+    monkeypatch.setattr(devices, "_claimed", None)
+    monkeypatch.setenv("BENCH_GPU_LOCK_DIR", str(tmp_path))
+    other = devices.try_claim(["GPU-fake0"], str(tmp_path))  # another job holds GPU 0
+    try:
+        assert devices.resolve_device("cuda:any") == torch.device("cuda:1")
+        assert devices.resolve_device("cuda:any") == torch.device("cuda:1")  # kept for the process
+        assert sorted(os.listdir(tmp_path)) == ["gpu-GPU-fake0.lock", "gpu-GPU-fake1.lock"]
+        with pytest.raises(BenchError, match=r"BENCH_PERF_DEVICE='cuda:any' is not a device; valid choices: cpu, cuda, cuda:N$"):
+            devices.resolve_device("cuda:any", label="BENCH_PERF_DEVICE=", allow_auto=False)
+    finally:
+        os.close(other[1])
+        if devices._claimed is not None:
+            os.close(devices._claimed[1])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_any_without_cuda_is_a_clear_error_record():
+    rec = run_safely(RunSpec(mitigation="gru", device="cuda:any", **SPEC))
+    assert rec["outcome"] == "error"
+    assert "'cuda:any' requested but CUDA is not available here; valid choices: auto, cpu" in rec["error"]["message"]

@@ -338,7 +338,20 @@ def test_cli_native_builds_only_for_sweeps_that_need_it(kernel, capsys):
     with pytest.raises(SystemExit) as e:
         main(["native", "--device", "tpu"])
     assert e.value.code == 2
-    assert "invalid choice: 'tpu'" in capsys.readouterr().err
+    assert "argument --device: unknown device 'tpu'; valid choices: auto, cpu, cuda, cuda:N" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:2", "cuda:any"])
+def test_cli_native_for_a_gpu_that_is_not_here_builds_nothing_and_does_not_fail(device, monkeypatch, capsys):
+    """The pipeline's onstart runs `bench native --device <config's device>` where Snakemake runs,
+    which on a cluster is a login node without the GPU the jobs get: not an error there."""
+    from bench.cli import main
+
+    monkeypatch.setattr(native, "kernel", lambda: pytest.fail("built a kernel for a GPU sweep"))
+    assert main(["native", "--mitigations", "ln_lstm", "--device", device]) == 0
+    err = capsys.readouterr().err
+    assert f"--device {device}: CUDA is not available here" in err and "nothing to build" in err
 
 
 def test_cli_native_reports_a_kernel_that_cannot_be_built_without_failing(monkeypatch, capsys):
