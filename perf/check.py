@@ -178,7 +178,8 @@ def main(argv=None) -> int:
     ap.add_argument("--replace", action="store_true", help="with --save-baseline: drop the keys not in the result")
     ap.add_argument("--keep-larger", action="store_true",
                     help="with --save-baseline: keep, per ratio, the larger of the baseline's and the result's (a "
-                         "baseline that holds on several machines of one kind; the earlier measurement is kept)")
+                         "baseline that holds on several machines, whose CPUs favour different kernels; the "
+                         "earlier measurement is kept under measured.before)")
     ap.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="compare B against A (two commits)")
     ap.add_argument("--report", default=str(REPORT), help="where to write the markdown results (default perf/last_results.md)")
     ap.add_argument("--summary", action="store_true", help="print the table of step medians and exit")
