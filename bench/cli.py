@@ -197,14 +197,12 @@ def cmd_native(a) -> int:
     from .models import native
 
     if a.mitigations is not None:
-        # only the device's type matters here: cuda:any must not claim a GPU for this short process
-        try:
-            device = resolve_device("cuda" if a.device == "cuda:any" else a.device)
-        except BenchError as e:  # a GPU that is not here (a login node of a cluster, say): no CPU kernel needed
-            why = "CUDA is not available here" if not torch.cuda.is_available() else str(e)
-            print(f"bench native: --device {a.device}: {why}; the kernel is for CPU training: nothing to build "
-                  "(runs started here on that device become error records)", file=sys.stderr)
+        if a.device.startswith("cuda"):  # the kernel is for CPU training (and cuda:any must not claim a GPU here)
+            why = "" if torch.cuda.is_available() else ": CUDA is not available here"
+            print(f"bench native: --device {a.device}{why}; the kernel is for CPU training: nothing to build"
+                  + ("" if why == "" else " (runs started here on that device become error records)"), file=sys.stderr)
             return 0
+        device = resolve_device(a.device)  # auto or cpu
         if not any(native.needed(m, device) for m in a.mitigations):
             print("bench native: no normalized cell on the CPU in this sweep; nothing to build", file=sys.stderr)
             return 0

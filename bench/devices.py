@@ -23,6 +23,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from .errors import BenchError
+from .spec import DEVICE_NAME
 
 _claimed: Optional[Tuple[int, int]] = None  # (index, fd of the held lock) of this process's cuda:any
 
@@ -90,15 +91,14 @@ def resolve_device(name: str, label: str = "device ", allow_auto: bool = True) -
     `label` starts error messages before the quoted name ("device ", "BENCH_PERF_DEVICE=")."""
     name = name.strip()
     auto = ["auto"] if allow_auto else []
-    if name == "auto" and allow_auto:
+    m = DEVICE_NAME.fullmatch(name)  # the device names' one grammar (bench.spec)
+    if not m or (not allow_auto and (name == "auto" or m.group(1) == "any")):
+        raise BenchError(f"{label}{name!r} is not a device; valid choices: "
+                         f"{', '.join(auto + ['cpu', 'cuda', 'cuda:N'] + (['cuda:any'] if allow_auto else []))}")
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    anygpu = ["cuda:any"] if allow_auto else []
-    m = re.fullmatch(r"cuda(?::(\d+|any))?", name)
-    if not m or (m.group(1) == "any" and not allow_auto):
-        raise BenchError(f"{label}{name!r} is not a device; valid choices: "
-                         f"{', '.join(auto + ['cpu', 'cuda', 'cuda:N'] + anygpu)}")
     if not torch.cuda.is_available():
         raise BenchError(f"{label}{name!r} requested but CUDA is not available here; "
                          f"valid choices: {', '.join(auto + ['cpu'])}")

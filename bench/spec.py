@@ -12,7 +12,7 @@ OPTIMIZERS = ("adam", "rmsprop", "sgd")
 # cuda:N: the GPU of index N (cuda: the current one); cuda:any: a GPU no other process holds
 # (bench.devices: spreads a sweep's jobs over a machine's GPUs)
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "cuda:any")
-DEVICE_NAME = re.compile(r"auto|cpu|cuda(?::(?:\d+|any))?")
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(?::(\d+|any))?")  # group 1: the index, or "any"
 
 
 def check_device_name(name) -> str:

@@ -2,6 +2,11 @@
 error for `device: cuda` without CUDA is tested everywhere."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+
 import pytest
 import torch
 
@@ -110,9 +115,6 @@ def test_cuda_loop_without_host_sync_gives_the_per_step_checked_record(mitigatio
 # -- cuda:any: one GPU per process, spread over the machine's GPUs (no GPU needed: locks only) ------
 
 def test_cuda_any_takes_a_gpu_no_one_else_holds_and_waits_when_all_are_held(tmp_path):
-    import os
-    import threading
-
     names, folder, said = ["GPU-a", "GPU-b"], str(tmp_path / "locks"), []
     a, b = devices.try_claim(names, folder), devices.try_claim(names, folder)
     assert (a[0], b[0]) == (0, 1)
@@ -129,10 +131,6 @@ def test_cuda_any_takes_a_gpu_no_one_else_holds_and_waits_when_all_are_held(tmp_
 
 
 def test_a_killed_process_frees_its_gpu_and_locks_name_the_gpu_not_the_index(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     folder = str(tmp_path)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from bench import devices; "
@@ -157,8 +155,6 @@ def test_a_killed_process_frees_its_gpu_and_locks_name_the_gpu_not_the_index(tmp
 
 
 def test_cuda_any_resolves_once_per_process_to_the_claimed_gpu(monkeypatch, tmp_path):
-    import os
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     monkeypatch.setattr(devices, "_gpu_uuid", lambda i: f"GPU-fake{i}")
