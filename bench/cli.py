@@ -152,13 +152,16 @@ def _out_paths(a, cells) -> List[str]:
 def cmd_run_cell(a) -> int:
     """Train every seed of one or more (task, length) cells of one (mitigation, lr) in one process
     (one process start for them all); a run that raises is written as an 'error' record and the
-    others go on. --out: one path per (cell, seed), cell-major."""
+    others go on. --out: one path per (cell, seed), cell-major. With --resume-dir, a run finished
+    earlier by the same code on the same kind of machine is taken back instead of trained
+    (bench/resume.py), unless --reuse no."""
     from . import train
     from .resume import ResumeCache
 
     cells = _cells(a)
     outs = _out_paths(a, cells)
     cache = ResumeCache(a.resume_dir) if a.resume_dir else None
+    reuse = cache is not None and a.reuse == "yes"
     paths = iter(outs)
     for task, length in cells:
         for seed in a.seeds:
@@ -168,7 +171,7 @@ def cmd_run_cell(a) -> int:
             except BenchError as e:
                 rec = train.error_record({"task": task, "length": length, "mitigation": a.mitigation, "seed": seed}, e)
             else:
-                rec = cache.get(out, spec) if cache else None
+                rec = cache.get(out, spec) if reuse else None
                 resumed = rec is not None
                 if not resumed:
                     rec = train.run_safely(spec)
@@ -176,14 +179,12 @@ def cmd_run_cell(a) -> int:
             if cache and not resumed:
                 cache.put(out, rec)
             msg = rec["error"]["message"] if rec["outcome"] == "error" else f"{rec['steps']} steps"
-            how = ", resumed: trained by an earlier, interrupted process" if resumed else ""
+            how = ", taken back: trained by an earlier process" if resumed else ""
             print(f"{a.mitigation} {task}@{length} seed {seed}: {rec['outcome']} ({msg}{how})", file=sys.stderr,
                   flush=True)
-    if cache:
-        cache.clear(outs)
-        if cache.resumed:
-            print(f"{cache.resumed} of {len(outs)} run(s) taken from {a.resume_dir} (finished before an interruption)",
-                  file=sys.stderr)
+    if cache and cache.resumed:
+        print(f"{cache.resumed} of {len(outs)} run(s) taken from {a.resume_dir} (finished earlier by the same code "
+              f"on the same kind of machine; trained {len(outs) - cache.resumed})", file=sys.stderr)
     return 0
 
 
@@ -232,7 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="record paths as a pattern, e.g. 'runs/{task}/T{length}/seed{seed}.json' (instead of --out)")
     pc.add_argument("--resume-dir", default=None,
                     help="keep each finished run's record here too, and take it back instead of training when "
-                         "this job runs again after an interruption (same run, code and device; see bench/resume.py)")
+                         "a job runs it again (after an interruption, or a sweep that grew; same run, code, device "
+                         "and kind of machine; see bench/resume.py)")
+    pc.add_argument("--reuse", choices=("yes", "no"), default="yes",
+                    help="with --resume-dir: 'no' trains every run again (and refreshes the kept records)")
     pn = sub.add_parser("native", help="build or load the normalized cells' native kernel (once per machine)")
     pn.add_argument("--mitigations", nargs="*", default=None,
                     help="build only if one of these would use it (the pipeline passes its sweep's)")

@@ -26,6 +26,7 @@ import yaml
 from .errors import BenchError
 
 DEFAULT_LR = "default"  # the lr label of a cell that uses its recipe's learning rate
+_BOOL_TEXT = {"true": True, "yes": True, "false": False, "no": False}
 INT_KEYS = ("hidden", "batch", "budget", "eval_every", "heldout_size", "threads")
 
 _INT_TEXT = re.compile(r"[+-]?\d+")
@@ -55,7 +56,8 @@ def coerce_numbers(config: Any, schema: Mapping) -> Any:
     becomes that number, and integral floats where it wants an integer become ints.
 
     Why: `snakemake --config seeds=[0,1]` parses nested values as text ('0', '1'), and YAML 1.1
-    reads `1e-3` as text. Anything else is left for the schema to reject.
+    reads `1e-3` as text. Likewise true/false/yes/no where it wants a boolean. Anything else is
+    left for the schema to reject.
     """
     kind = schema.get("type")
     if isinstance(config, dict) and kind == "object":
@@ -73,6 +75,8 @@ def coerce_numbers(config: Any, schema: Mapping) -> Any:
             return int(config)
         if isinstance(config, float) and config.is_integer():
             return int(config)
+    if kind == "boolean" and isinstance(config, str) and config.strip().lower() in _BOOL_TEXT:
+        return _BOOL_TEXT[config.strip().lower()]
     if kind == "number" and isinstance(config, str):
         try:
             return float(config)
@@ -202,6 +206,7 @@ class Sweep:
     lr: Dict[str, List[float]]  # canonical mitigation -> learning rates
     optimizer: Dict[str, str]  # canonical mitigation -> optimizer
     job_grouping: str = "mitigation"  # one training job per (mitigation, lr), or per "cell"
+    reuse_runs: bool = True  # a job takes back the runs it finished before (results/.resume) instead of training
 
     def lr_labels(self, mitigation: str) -> List[str]:
         return [format_lr(v) for v in self.lr[mitigation]] if mitigation in self.lr else [DEFAULT_LR]
@@ -250,7 +255,8 @@ class Sweep:
                 "seeds": list(self.seeds), "hidden": self.hidden, "batch": self.batch, "budget": self.budget,
                 "eval_every": self.eval_every, "heldout_size": self.heldout_size, "device": self.device,
                 "threads": self.threads, "lr": {m: list(v) for m, v in self.lr.items()},
-                "optimizer": dict(self.optimizer), "job_grouping": self.job_grouping}
+                "optimizer": dict(self.optimizer), "job_grouping": self.job_grouping,
+                "reuse_runs": self.reuse_runs}
 
 
 def _per_mitigation(cfg: dict, key: str, canon: Dict[str, str], problems: List[str]) -> Dict[str, Any]:
@@ -339,7 +345,7 @@ def expand(config: Mapping) -> Sweep:
     return Sweep(tasks=tasks, mitigations=list(mits), seeds=[int(s) for s in cfg["seeds"]],
                  **{k: int(cfg[k]) for k in INT_KEYS}, device=cfg["device"],
                  lr={m: [float(x) for x in v] for m, v in lr.items()}, optimizer=optimizer,
-                 job_grouping=cfg.get("job_grouping", "mitigation"))
+                 job_grouping=cfg.get("job_grouping", "mitigation"), reuse_runs=bool(cfg.get("reuse_runs", True)))
 
 
 def _recipes() -> List[str]:

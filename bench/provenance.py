@@ -54,15 +54,22 @@ def versions() -> dict:
             "bench": __version__}
 
 
+def machine_name(device) -> str:
+    """What a record's `device_name` says of the hardware `device` (a torch.device) is: the GPU's
+    name on CUDA, else the CPU model."""
+    if device is not None and getattr(device, "type", None) == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device) or cpu_model()
+    return cpu_model()
+
+
 def provenance(device, threads, model=None) -> dict:
     import torch
 
-    dev_name = None
-    if device is not None and getattr(device, "type", None) == "cuda":
-        dev_name = torch.cuda.get_device_name(device)
     return {
         "versions": versions(),
-        "device_name": dev_name or cpu_model(),
+        "device_name": machine_name(device),
         "cpu_model": cpu_model(),
         "threads": torch.get_num_threads(),
         "threads_requested": threads,

@@ -1,27 +1,36 @@
-"""Finished runs of a job that did not finish, kept aside so that the job's rerun takes them instead
-of training them again (`python -m bench run-cell --resume-dir DIR`; the pipeline passes
-results/.resume).
+"""Finished runs kept aside, so that a job that runs again takes them back instead of training them
+again (`python -m bench run-cell --resume-dir DIR`; the pipeline passes results/.resume).
 
-A pipeline job trains many runs (every task, length and seed of one mitigation, by default). When
-it is killed part-way -- Ctrl-C, `kill -9`, a lost node, a cluster's time limit -- Snakemake marks
-its outputs incomplete and deletes them before it runs the job again, so without this the rerun
-retrains every run of the job. With a resume folder, each finished run's record is also written
-there (one file per record path) and the job's rerun copies it back instead of training, if and
-only if all of these still hold:
+A pipeline job trains many runs (every task, length and seed of one mitigation, by default), and
+Snakemake deletes a job's outputs before it runs the job again. That happens when the job was
+killed part-way (Ctrl-C, `kill -9`, a lost node, a cluster's time limit: its outputs are
+incomplete), and when the sweep grew: a new length or seed is a new output of every mitigation's
+job. Without this, either retrains every run of the job. With a resume folder, each finished
+run's record is also written there (one file per record path, kept after the job finishes), and
+a job copies it back instead of training, if and only if all of these still hold:
 
-- the cached record was made for the same record path and the same run (its `spec` equals the
-  spec the rerun would train);
+- the kept record was made for the same record path and the same run (its `spec` equals the
+  spec the job would train);
 - by the same code: a fingerprint of the bench package's sources (every .py and .cpp file) and
-  the torch version, so that an edit to the engine between the kill and the rerun retrains;
-- on the same device the rerun would train on (`auto` can resolve differently on another node);
+  the torch version, so that an edit to the engine retrains;
+- on the same device the job would train on (`auto` can resolve differently on another node),
+  and the same kind of machine: the record's `provenance.device_name` (the CPU model, or the
+  GPU's name) equals this machine's, so that no timing measured on another kind of hardware
+  comes back;
 - it is not an 'error' record (an error may be transient: those runs train again).
 
-The records are the files the interrupted job wrote, timings and provenance included: a resumed
-run is the earlier process's honest measurement, not a new one. When a job finishes, it deletes
-its cached records (its outputs are then complete). A cached file that cannot be read is ignored.
+The records are the files the earlier process wrote, timings and provenance included: a run taken
+back is the earlier process's honest measurement, not a new one. It gains one field,
+`provenance.taken_back_utc` (when it was taken back), so that the report can leave the job out of
+the pipeline-overhead share (its run times were not spent in that job). A kept file that cannot be
+read or was made by other code is deleted when a job looks it up; entries of runs that left the
+sweep stay until `results/.resume` is deleted (any time; it only costs retraining). `--reuse no`
+(the pipeline's `reuse_runs: false`) trains every run and refreshes the kept records: the way to
+measure again on purpose.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -32,6 +41,7 @@ from typing import Dict, Iterable, Optional
 import torch
 
 from .devices import resolve_device
+from .provenance import machine_name
 from .records import write_json_atomic
 from .spec import RunSpec
 
@@ -64,28 +74,45 @@ class ResumeCache:
         return self.root / f"{key}.json"
 
     def get(self, out: str, spec) -> Optional[Dict]:
-        """The cached record of `out` if it may stand for training `spec` now, else None."""
+        """The kept record of `out` if it may stand for training `spec` now, else None. An entry
+        that cannot be read, or that this code can never use (another format or code
+        fingerprint), is deleted."""
         p = self.path_for(out)
         if not p.exists():
             return None
         try:
             entry = json.loads(p.read_text())
             rec = entry["record"]
-            ok = (entry.get("format") == FORMAT and entry.get("out") == os.path.normpath(out)
-                  and entry.get("code") == code_fingerprint() and rec.get("outcome") != "error"
-                  and RunSpec.from_dict(rec["spec"]) == spec
-                  and rec.get("device") == str(resolve_device(spec.device)))
-        except Exception:  # noqa: BLE001 -- unreadable, not a cache entry, device not here: train
+            current = entry.get("format") == FORMAT and entry.get("code") == code_fingerprint()
+        except Exception:  # noqa: BLE001 -- unreadable, not an entry
+            current = False
+        if not current:
+            self._drop(p)
             return None
-        if ok:
-            self.resumed += 1
-            return rec
-        return None
+        try:
+            device = resolve_device(spec.device)
+            ok = (entry.get("out") == os.path.normpath(out) and rec.get("outcome") != "error"
+                  and RunSpec.from_dict(rec["spec"]) == spec and rec.get("device") == str(device)
+                  and (rec.get("provenance") or {}).get("device_name") == machine_name(device))
+        except Exception:  # noqa: BLE001 -- a malformed record, the device not here: train
+            return None
+        if not ok:
+            return None
+        self.resumed += 1
+        rec.setdefault("provenance", {})["taken_back_utc"] = (
+            datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        return rec
+
+    @staticmethod
+    def _drop(p: Path) -> None:
+        try:
+            p.unlink()
+        except OSError:
+            pass
 
     def put(self, out: str, rec: Dict) -> None:
         """Keep `rec` (not an error record). Best effort: the record itself is already written, so
-        a failure here (a full disk; another job removing the then empty folder between our mkdir
-        and our write, retried once) is a warning, never a failed job."""
+        a failure here (a full disk, say; retried once) is a warning, never a failed job."""
         if rec.get("outcome") == "error":
             return
         entry = {"format": FORMAT, "out": os.path.normpath(out), "code": code_fingerprint(), "record": rec}
@@ -96,16 +123,4 @@ class ResumeCache:
             except OSError as e:
                 if attempt == 2:
                     print(f"warning: could not keep {out} in {self.root} for resuming ({e}); "
-                          "if this job is interrupted, that run will train again", file=sys.stderr)
-
-    def clear(self, outs: Iterable[str]) -> None:
-        """Delete the cached records of `outs` (the job finished), and the folder if empty."""
-        for out in outs:
-            try:
-                self.path_for(out).unlink()
-            except FileNotFoundError:
-                pass
-        try:
-            self.root.rmdir()
-        except OSError:
-            pass
+                          "if this job runs again, that run will train again", file=sys.stderr)

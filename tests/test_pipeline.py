@@ -250,3 +250,37 @@ def test_one_job_per_cell_gives_the_same_records(smoke, tmp_path):
     assert strip(wd / victim) == want
     assert {k: v for k, v in mtimes(wd, "results/runs/**/*.json").items() if k in others} == others
     assert (wd / "report" / "report.html").exists()
+
+
+def test_a_grown_sweep_trains_only_its_new_runs(smoke):
+    """A new seed is a new output of every job: Snakemake runs each job again (deleting its
+    outputs), and each takes its finished runs back from results/.resume instead of training them;
+    the report's overhead share leaves those jobs out. reuse_runs: false trains them all again."""
+    wd = smoke[0]
+    cfg = yaml.safe_load((wd / "config" / "edited.yaml").read_text())
+    cfg["seeds"] = [0, 1, 2]
+    (wd / "config" / "grown.yaml").write_text(yaml.safe_dump(cfg))
+    sweep, expected = expected_records(wd / "config" / "grown.yaml")
+    old = {k: json.loads((wd / k).read_text()) for k in expected if not k.endswith("seed2.json")}
+    assert len(old) == 12 and all("taken_back_utc" not in r["provenance"] for r in old.values())
+
+    p = snakemake(wd, "results/runs.parquet", "--configfile", "config/grown.yaml")
+    assert job_counts(p.stdout + p.stderr)["train"] == 3
+    for wc, _ in sweep.jobs():
+        log = (wd / "logs" / "train" / wc["mitigation"] / f"lr-{wc['lr']}.log").read_text()
+        assert "4 of 6 run(s) taken from results/.resume" in log, log
+    for k in expected:
+        rec = json.loads((wd / k).read_text())
+        if k in old:  # the same record, with the time it was taken back
+            assert rec["provenance"].pop("taken_back_utc") and rec == old[k], k
+        else:
+            assert "taken_back_utc" not in rec["provenance"], k
+    jobs = pd.read_csv(wd / "results" / "jobs.csv")
+    assert list(jobs["status"]) == ["runs taken back from an earlier process"] * 3
+
+    p = snakemake(wd, "results/runs.parquet", "--forcerun", "train", "--configfile", "config/grown.yaml",
+                  "--config", "reuse_runs=false")
+    assert job_counts(p.stdout + p.stderr)["train"] == 3
+    for k in expected:
+        assert "taken_back_utc" not in json.loads((wd / k).read_text())["provenance"], k
+    assert set(pd.read_csv(wd / "results" / "jobs.csv")["status"]) == {"ok"}

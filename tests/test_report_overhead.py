@@ -12,7 +12,8 @@ import pytest
 from bench.records import write_json_atomic
 from bench.report import jobs_table, overhead_summary, render_report
 from bench.report.__main__ import main as report_main
-from bench.report.aggregate import (JOB_INCONSISTENT, JOB_NO_BENCHMARK, JOB_OK, JOB_UNTIMED, aggregate_records,
+from bench.report.aggregate import (JOB_INCONSISTENT, JOB_NO_BENCHMARK, JOB_OK, JOB_TOOK_BACK, JOB_UNTIMED,
+                                    aggregate_records,
                                     read_benchmark)
 from bench.report.render import overhead_sentences
 
@@ -148,3 +149,22 @@ def test_aggregate_and_render_end_to_end(tmp_path):
     assert "no job timings were given" in text
     text = render_report(df, tmp_path / "r4.html", jobs=tmp_path / "nope.csv").read_text()
     assert "could not be read" in text
+
+
+def test_a_job_that_took_runs_back_is_left_out_of_the_share(tmp_path):
+    """A job that took a run back from results/.resume did not spend that run's time: counting it
+    would understate the overhead (here 2 s of 10 s would read as 2 - 7 < 0 or, with a shorter
+    taken-back run, as a share too small), so it is excluded and named."""
+    jobs = [{"job": "fresh", "benchmark": bench_tsv(tmp_path / "a.tsv", 10.0), "records": ["r/a0.json", "r/a1.json"]},
+            {"job": "grown", "benchmark": bench_tsv(tmp_path / "b.tsv", 4.0), "records": ["r/b0.json", "r/b1.json"]}]
+    df = runs(**{"r/a0.json": 4.0, "r/a1.json": 5.0, "r/b0.json": 1.0, "r/b1.json": 2.5})
+    df["prov_taken_back_utc"] = [None, None, "2026-12-02T16:00:00+00:00", None]
+    t = jobs_table(jobs, df).set_index("job")
+    assert dict(t["status"]) == {"fresh": JOB_OK, "grown": JOB_TOOK_BACK}
+    o = overhead_summary(t.reset_index())
+    assert o["n_used"] == 1 and o["excluded"] == {JOB_TOOK_BACK: 1} and o["share"] == pytest.approx(0.1)
+    assert f"1 {JOB_TOOK_BACK}" in " ".join(overhead_sentences(o))
+
+    t.loc["fresh", "status"] = JOB_TOOK_BACK  # every job of the sweep took runs back: no share, and why
+    text = " ".join(overhead_sentences(overhead_summary(t.reset_index())))
+    assert "cannot be computed from this sweep" in text and "reuse_runs=false" in text

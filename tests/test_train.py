@@ -583,6 +583,12 @@ def _spy_runs(monkeypatch, stop_after=None):
     return trained
 
 
+def _without_taken_back(data: bytes) -> dict:
+    rec = json.loads(data)
+    rec["provenance"].pop("taken_back_utc", None)
+    return rec
+
+
 def test_cli_run_cell_resumes_the_runs_an_interrupted_job_finished(tmp_path, monkeypatch):
     from bench.cli import main
 
@@ -604,15 +610,60 @@ def test_cli_run_cell_resumes_the_runs_an_interrupted_job_finished(tmp_path, mon
     trained = _spy_runs(monkeypatch)
     assert main(args) == 0
     assert [(s.task, s.seed) for s in trained] == [("temporal_order", 0), ("temporal_order", 1)]
-    for p in paths[:2]:  # the very records the interrupted process wrote, timings included
-        assert open(p, "rb").read() == done[p]
+    for p in paths[:2]:  # the very records the interrupted process wrote, timings included, and when taken back
+        taken = json.loads(open(p, "rb").read())
+        assert taken["provenance"]["taken_back_utc"] >= taken["provenance"]["finished_utc"]
+        assert _without_taken_back(open(p, "rb").read()) == json.loads(done[p])
+    for p in paths[2:]:
+        assert "taken_back_utc" not in read_record(p)["provenance"]
     for r in runs:
         assert _strip(read_record(out.format(**r))) == _strip(read_record(ref.format(**r))), r
-    assert not cache.exists()  # the job finished: its cached records are gone
+    assert len(list(cache.glob("*.json"))) == 4  # the finished job keeps every run for the next time
 
 
-@pytest.mark.parametrize("change", ["code", "run", "garbage"])
+def test_cli_run_cell_of_a_grown_sweep_trains_only_the_new_runs(tmp_path, monkeypatch, capsys):
+    """A new seed and a new length are new outputs of the job: Snakemake deletes its old outputs
+    and runs it again; the runs it had finished come back, only the new ones train, and the
+    records equal a fresh job's."""
+    from bench.cli import main
+
+    out, cache = str(tmp_path / "out" / "{task}-{length}-s{seed}.json"), tmp_path / "resume"
+    small = ["--cells", "adding@6", "--seeds", "0"]
+    base = RESUME_SMALL[:RESUME_SMALL.index("--cells")]
+    assert main(["run-cell", *base, *small, "--out-pattern", out, "--resume-dir", str(cache)]) == 0
+    os.unlink(out.format(task="adding", length=6, seed=0))
+    grown = ["--cells", "adding@6", "adding@8", "--seeds", "0", "1"]
+    trained = _spy_runs(monkeypatch)
+    capsys.readouterr()
+    assert main(["run-cell", *base, *grown, "--out-pattern", out, "--resume-dir", str(cache)]) == 0
+    assert [(s.length, s.seed) for s in trained] == [(6, 1), (8, 0), (8, 1)]
+    assert "1 of 4 run(s) taken from" in capsys.readouterr().err
+    ref = str(tmp_path / "ref" / "{task}-{length}-s{seed}.json")
+    assert main(["run-cell", *base, *grown, "--out-pattern", ref]) == 0
+    for L, s in ((6, 0), (6, 1), (8, 0), (8, 1)):
+        assert _strip(read_record(out.format(task="adding", length=L, seed=s))) == \
+            _strip(read_record(ref.format(task="adding", length=L, seed=s)))
+
+
+def test_cli_run_cell_reuse_no_trains_again_and_refreshes_the_kept_runs(tmp_path, monkeypatch):
+    from bench.cli import main
+
+    out, cache = str(tmp_path / "out" / "{task}-{length}-s{seed}.json"), tmp_path / "resume"
+    args = ["run-cell", *RESUME_SMALL, "--out-pattern", out, "--resume-dir", str(cache)]
+    assert main(args) == 0
+    first = {f.name: json.loads(f.read_text())["record"]["provenance"]["finished_utc"] for f in cache.glob("*.json")}
+    trained = _spy_runs(monkeypatch)
+    assert main([*args, "--reuse", "no"]) == 0
+    assert len(trained) == 4
+    for f in cache.glob("*.json"):  # the kept records are now the new runs'
+        entry = json.loads(f.read_text())
+        assert json.loads(open(entry["out"], "rb").read()) == entry["record"]
+    assert set(first) == {f.name for f in cache.glob("*.json")}
+
+
+@pytest.mark.parametrize("change", ["code", "run", "garbage", "machine"])
 def test_cli_run_cell_retrains_a_cached_run_when_the_code_or_the_run_changed(change, tmp_path, monkeypatch):
+    import bench.provenance
     import bench.resume
     from bench.cli import main
 
@@ -626,6 +677,8 @@ def test_cli_run_cell_retrains_a_cached_run_when_the_code_or_the_run_changed(cha
         monkeypatch.setattr(bench.resume, "_FINGERPRINT", "another version of the engine")
     elif change == "run":
         args[args.index("--budget") + 1] = "5"
+    elif change == "machine":  # the same code and device on another kind of CPU: its timings stay there
+        monkeypatch.setattr(bench.resume, "machine_name", lambda device: "another CPU")
     else:
         entry.write_text("{not json")
     trained = _spy_runs(monkeypatch)
@@ -633,7 +686,21 @@ def test_cli_run_cell_retrains_a_cached_run_when_the_code_or_the_run_changed(cha
     assert len(trained) == 4
     assert all(read_record(out.format(task=t, length=L, seed=s))["steps"] == (5 if change == "run" else 4)
                for t, L in (("adding", 6), ("temporal_order", 12)) for s in (0, 1))
-    assert not cache.exists()
+    kept = [json.loads(f.read_text()) for f in cache.glob("*.json")]
+    assert len(kept) == 4 and all(e["code"] == bench.resume.code_fingerprint() for e in kept)
+
+
+def test_resume_cache_drops_an_entry_this_code_cannot_use(tmp_path, tiny_spec, monkeypatch):
+    import bench.resume
+    from bench.resume import ResumeCache
+
+    cache = ResumeCache(str(tmp_path / "r"))
+    spec = tiny_spec()
+    cache.put("results/a.json", train(spec))
+    (entry,) = (tmp_path / "r").glob("*.json")
+    assert cache.get("results/a.json", tiny_spec(seed=1)) is None and entry.exists()  # another run: kept
+    monkeypatch.setattr(bench.resume, "_FINGERPRINT", "another version of the engine")
+    assert cache.get("results/a.json", spec) is None and not entry.exists()
 
 
 def test_resume_cache_keeps_no_error_record_and_only_for_the_same_path(tmp_path, tiny_spec):
@@ -647,10 +714,10 @@ def test_resume_cache_keeps_no_error_record_and_only_for_the_same_path(tmp_path,
     cache.put("results/a.json", rec)
     assert cache.get("results/b.json", spec) is None
     got = cache.get("results/./a.json", spec)
-    assert got is not None and _strip(got) == _strip(json.loads(json.dumps(rec)))
+    assert got is not None and "taken_back_utc" in got["provenance"]
+    assert _strip(got) == _strip(json.loads(json.dumps(rec)))
     assert cache.get("results/a.json", tiny_spec(seed=1)) is None
-    cache.clear(["results/a.json"])
-    assert not (tmp_path / "r").exists()
+    assert cache.resumed == 1
 
 
 def test_resume_cache_that_cannot_be_written_is_a_warning_not_a_failed_job(tmp_path, tiny_spec, capsys):

@@ -277,6 +277,7 @@ def record_to_row(rec: Dict, path: str) -> Dict:
     row["prov_host"] = prov.get("hostname")
     row["prov_platform"] = prov.get("platform")
     row["prov_finished_utc"] = prov.get("finished_utc")
+    row["prov_taken_back_utc"] = prov.get("taken_back_utc")  # set when a job took the run back (bench/resume.py)
     return row
 
 
@@ -314,7 +315,7 @@ STR_COLUMNS = ("p_task", "p_mitigation", "p_optimizer", "p_device", "m_name", "m
                "m_init", "t_length_meaning", "t_kind", "t_readout", "t_success_rule", "outcome", "error_type",
                "error_message", "error_traceback", "optimizer_used", "device_used", "record_path", "prov_git",
                "prov_torch", "prov_python", "prov_numpy", "prov_bench", "prov_cpu", "prov_device", "prov_host",
-               "prov_platform", "prov_finished_utc")
+               "prov_platform", "prov_finished_utc", "prov_taken_back_utc")
 
 
 def _column_order(cols: Iterable[str]) -> List[str]:
@@ -504,6 +505,7 @@ JOB_OK = "ok"
 JOB_NO_BENCHMARK = "no benchmark file"
 JOB_UNTIMED = "record without timing"
 JOB_INCONSISTENT = "runs longer than the job"
+JOB_TOOK_BACK = "runs taken back from an earlier process"
 
 
 def read_benchmark(path) -> Dict[str, float]:
@@ -534,16 +536,21 @@ def jobs_table(jobs: Iterable[Dict], runs: pd.DataFrame) -> pd.DataFrame:
 
     job_wall_s is the job's wall time as Snakemake measured it (shell, Python start, imports, every
     seed's run, writing the records, exit); run_wall_s the sum of its records' timing.wall_s (each
-    run from its start to its end, inside the process); overhead_s = job_wall_s - run_wall_s.
+    run from its start to its end, inside the process); overhead_s = job_wall_s - run_wall_s. A job
+    that took runs back from results/.resume (bench/resume.py) did not spend their run times: it
+    does not count towards the overhead share.
     train_loop_s sums the records' timing.train_s (the training loops, with the evaluations and
     diagnostics snapshots inside them; without each run's data and model setup, its first
     snapshot and its final evaluation). status says whether the row can count towards the
     overhead share: 'ok', or why not."""
     key = lambda p: os.path.normpath(str(p))  # noqa: E731
-    by_path = {}
+    by_path, taken_back = {}, set()
     if not runs.empty:
         for path, wall, w in zip(runs["record_path"], runs["wall_s"], runs["train_s"]):
             by_path[key(path)] = (_num(wall), _num(w))
+        if "prov_taken_back_utc" in runs:
+            taken_back = {key(p) for p, t in zip(runs["record_path"], runs["prov_taken_back_utc"])
+                          if isinstance(t, str) and t}
     rows = []
     for j in jobs:
         recs = [by_path.get(key(p), (float("nan"), float("nan"))) for p in j.get("records") or []]
@@ -561,6 +568,8 @@ def jobs_table(jobs: Iterable[Dict], runs: pd.DataFrame) -> pd.DataFrame:
             row["status"] = JOB_NO_BENCHMARK
         elif len(walls) < len(recs) or not recs:
             row["status"] = JOB_UNTIMED  # an error, corrupt or missing record: its run time is unknown
+        elif any(key(p) in taken_back for p in j.get("records") or []):
+            row["status"] = JOB_TOOK_BACK
         elif row["overhead_s"] < 0:
             row["status"] = JOB_INCONSISTENT  # benchmark and records from different runs
         else:

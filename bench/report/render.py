@@ -17,7 +17,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from . import claims as C
-from .aggregate import JOB_OK, lr_table, mark_lr_chosen, overhead_summary, summarize
+from .aggregate import JOB_OK, JOB_TOOK_BACK, lr_table, mark_lr_chosen, overhead_summary, summarize
 from .figures import CAPTIONS, FIGURE_NAMES, make_figures, mitigation_order
 
 SECTION_IDS = ("summary", "success", "time-to-solve", "gradient-flow", "gradient-norms", "timings", "claims",
@@ -273,6 +273,12 @@ def overhead_sentences(o: Dict, why_none: str = "") -> List[str]:
     if o["n_jobs"] == 0:
         return [f"The pipeline overhead cannot be computed: {why_none or 'the jobs table has no rows'}."]
     left = ", ".join(f"{n} {status}" for status, n in sorted(o["excluded"].items()))
+    if o["n_used"] == 0 and set(o["excluded"]) == {JOB_TOOK_BACK}:
+        return [f"The pipeline overhead cannot be computed from this sweep: each of its "
+                f"{_n(o['n_jobs'], 'training job')} last ran to add runs (a new length or seed, or after an "
+                f"interruption) and took its other runs back from results/.resume, so their run times were not "
+                f"spent in it. A sweep trained from scratch (or `--forcerun train --config reuse_runs=false`) "
+                f"measures it."]
     if o["n_used"] == 0:
         return [f"The pipeline overhead cannot be computed: none of the {_n(o['n_jobs'], 'training job')} has "
                 f"both a Snakemake benchmark file and a run time in every record ({left}). Records copied from "

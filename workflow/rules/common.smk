@@ -50,7 +50,7 @@ from bench.report.captions import CAPTIONS, FIGURE_NAMES  # names and captions o
 # lengths and seeds of one (mitigation, lr) with job_grouping "mitigation" (the default), all seeds
 # of one (task, length, mitigation, lr) with "cell".
 RUN_RECORD = "results/runs/{task}/T{length}/{mitigation}/lr-{lr}/seed{seed}.json"
-# finished runs of a train job that was interrupted, taken back by its rerun (bench/resume.py)
+# every finished run, taken back by a job that runs again (interrupted, or the sweep grew; bench/resume.py)
 RESUME_DIR = "results/.resume"
 JOB = "{task}/T{length}/{mitigation}/lr-{lr}" if SWEEP.job_grouping == "cell" else "{mitigation}/lr-{lr}"
 TRAIN_BENCHMARK = f"benchmarks/train/{JOB}.tsv"  # Snakemake's timing of each training job

@@ -8,9 +8,12 @@ rule train:
     outputs (a derived param: adding a seed or a length reruns the jobs for their new outputs,
     removing one reruns nothing); device and threads only place the job, so they are resources.
 
-    A job interrupted part-way (killed, lost node, time limit) is rerun whole by Snakemake, which
-    deletes its outputs first; the runs it had finished are kept in RESUME_DIR and taken back
-    instead of trained again, if the run, the code and the device are the same (bench/resume.py)."""
+    Snakemake deletes a job's outputs before it runs it again: after an interruption (killed, lost
+    node, time limit), or when the sweep grew (a new length or seed is a new output of every
+    mitigation's job). Every finished run is kept in RESUME_DIR and taken back instead of trained
+    again, if the run, the code, the device and the kind of machine are the same (bench/resume.py);
+    reuse_runs: false trains them again. Like device, reuse only decides how the job runs, not what
+    its records hold: a resource, not a param (no rerun when it changes)."""
     output:
         train_outputs(),
     log:
@@ -23,7 +26,8 @@ rule train:
     threads: SWEEP.threads
     resources:
         device=SWEEP.device,
+        reuse="yes" if SWEEP.reuse_runs else "no",
     shell:
         "python -m bench run-cell {params.runs} --mitigation {wildcards.mitigation:q}"
         " {params.settings} --device {resources.device} --threads {threads}"
-        " --resume-dir {RESUME_DIR:q} > {log:q} 2>&1"
+        " --resume-dir {RESUME_DIR:q} --reuse {resources.reuse} > {log:q} 2>&1"
