@@ -156,6 +156,23 @@ void norm_backward(bool ln, bool training, const float* dy, const float* x, cons
   }
 }
 
+// One row of the LSTM backward's gate step: d i, d f, d tanh(g) and d c_{t-1} from the cell
+// gradient dl (after the cell norm) plus dc (of c_t, from step t+1, updated in place), each gate
+// through its sigmoid (x4 on the g block: tanh g = 2 sigmoid(2g) - 1). The blocks are separate
+// restrict parameters so that the compiler knows they do not overlap and vectorises the loop
+// (as offsets of one row pointer it cannot, H being a run-time value).
+inline void gate_grads(int64_t H, const float* __restrict dl, const float* __restrict tg, const float* __restrict cp,
+                       const float* __restrict ai, const float* __restrict af, const float* __restrict ag,
+                       float* __restrict dc, float* __restrict di, float* __restrict df, float* __restrict dg) {
+  for (int64_t d = 0; d < H; ++d) {
+    const float c = dl[d] + dc[d];
+    di[d] = c * tg[d] * ai[d] * (1.f - ai[d]);
+    df[d] = c * cp[d] * af[d] * (1.f - af[d]);
+    dg[d] = c * ai[d] * ag[d] * (1.f - ag[d]) * 4.f;
+    dc[d] = c * af[d];
+  }
+}
+
 void check(const Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), "normlstm: ", name,
               " must be a contiguous float32 CPU tensor");
@@ -287,7 +304,7 @@ std::vector<Tensor> backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor hbuf, Ten
       float* __restrict dnr = dcn.data() + b * H;
       for (int64_t d = 0; d < H; ++d) {
         const float g = dhr[d] + dnext[d];
-        dor[d] = g * tcr[d];                                 // d o
+        dor[d] = g * tcr[d] * ao[d] * (1.f - ao[d]);         // d o, through its sigmoid
         dnr[d] = g * ao[d] * (1.f - tcr[d] * tcr[d]);        // d of the cell norm's output
       }
     }
@@ -297,28 +314,10 @@ std::vector<Tensor> backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor hbuf, Ten
     const float* cp = C + t * B * H;
     const float* tgt = TG + t * B * H;
     for (int64_t b = 0; b < B; ++b) {
-      const float* __restrict dl = dcl.data() + b * H;
-      const float* __restrict tgr = tgt + b * H;
-      const float* __restrict cpr = cp + b * H;
-      const float* __restrict ar = at_ + b * G;
-      float* __restrict dcr = DC + b * H;
-      float* __restrict dr = dxt + b * G;
-      for (int64_t d = 0; d < H; ++d) {
-        const float c = dl[d] + dcr[d];
-        dr[d] = c * tgr[d];          // d i
-        dr[H + d] = c * cpr[d];      // d f
-        dr[2 * H + d] = c * ar[d];   // d tanh(g)
-        dcr[d] = c * ar[H + d];
-      }
-    }
-    // sigmoid's backward over the gate block (x4 on the g block: tanh g = 2 sigmoid(2g) - 1)
-    for (int64_t b = 0; b < B; ++b) {
       const float* ar = at_ + b * G;
       float* dr = dxt + b * G;
-      for (int64_t d = 0; d < G; ++d) {
-        const float f = (d >= 2 * H && d < 3 * H) ? 4.f : 1.f;
-        dr[d] = dr[d] * ar[d] * (1.f - ar[d]) * f;
-      }
+      gate_grads(H, dcl.data() + b * H, tgt + b * H, cp + b * H, ar, ar + H, ar + 2 * H, DC + b * H, dr, dr + H,
+                 dr + 2 * H);
     }
     norm_backward(ln, training, dxt, V + t * B * G, w_h, mh.data_ptr<float>() + t * nh, sh.data_ptr<float>() + t * nh,
                   B, G, DV + t * B * G, dgh, nullptr, ta.data(), tb.data());
