@@ -75,12 +75,13 @@ def train(spec: RunSpec, progress: Optional[Callable[[int, Dict], None]] = None,
     """Train one run; never raises for divergence (outcome 'diverged'). Bad specs raise
     BenchError; use `run_safely` to turn any exception into an 'error' record.
     defer_host_checks: see _train (default: on CUDA only)."""
-    native.prepare(spec.mitigation, spec.device)  # a first-time kernel build is setup, not this run's time
+    # before the run's clock: a cuda:any wait for a free GPU and a first-time kernel build are not its time
+    device = resolve_device(spec.device)
+    native.prepare(spec.mitigation, device)
     t_wall0 = time.perf_counter()
     task = make_task(spec.task, spec.length)
     mit = parse_mitigation(spec.mitigation)
     check_for_task(mit, task.seq_len)
-    device = resolve_device(spec.device)
     threads_before = torch.get_num_threads()
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)

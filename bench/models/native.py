@@ -63,17 +63,9 @@ def needed(mitigation: str, device) -> bool:
     return recipe is not None and recipe.norm is not None and device.type == "cpu"
 
 
-def prepare(mitigation: str, device_name: str) -> None:
-    """Build or load the kernel now if training `mitigation` on `device_name` will use it (train()
-    calls this before its clock starts: the one-time build is not a run's time). Bad names are left
-    for train() to report."""
-    from ..devices import resolve_device
-    from ..errors import BenchError
-
-    try:
-        device = resolve_device(device_name)
-    except BenchError:
-        return
+def prepare(mitigation: str, device: torch.device) -> None:
+    """Build or load the kernel now if training `mitigation` on `device` (resolved) will use it
+    (train() calls this before its clock starts: the one-time build is not a run's time)."""
     if needed(mitigation, device):
         kernel()
 
