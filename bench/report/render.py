@@ -277,8 +277,8 @@ def overhead_sentences(o: Dict, why_none: str = "") -> List[str]:
         return [f"The pipeline overhead cannot be computed from this sweep: each of its "
                 f"{_n(o['n_jobs'], 'training job')} last ran to add runs (a new length or seed, or after an "
                 f"interruption) and took its other runs back from results/.resume, so their run times were not "
-                f"spent in it. A sweep trained from scratch (or `--forcerun train --config reuse_runs=false`) "
-                f"measures it."]
+                f"spent in it. A sweep trained from scratch, or rerun with --forcerun train --config "
+                f"reuse_runs=false, measures it."]
     if o["n_used"] == 0:
         return [f"The pipeline overhead cannot be computed: none of the {_n(o['n_jobs'], 'training job')} has "
                 f"both a Snakemake benchmark file and a run time in every record ({left}). Records copied from "
