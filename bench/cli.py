@@ -199,9 +199,10 @@ def cmd_native(a) -> int:
 
     if a.mitigations is not None:
         if a.device.startswith("cuda"):  # the kernel is for CPU training (and cuda:any must not claim a GPU here)
-            why = "" if torch.cuda.is_available() else ": CUDA is not available here"
-            print(f"bench native: --device {a.device}{why}; the kernel is for CPU training: nothing to build"
-                  + ("" if why == "" else " (runs started here on that device become error records)"), file=sys.stderr)
+            msg = "the kernel is for CPU training: nothing to build"
+            if not torch.cuda.is_available():
+                msg = f"CUDA is not available here; {msg} (runs started here on that device become error records)"
+            print(f"bench native: --device {a.device}: {msg}", file=sys.stderr)
             return 0
         device = resolve_device(a.device)  # auto or cpu
         if not any(native.needed(m, device) for m in a.mitigations):

@@ -30,13 +30,14 @@ measure again on purpose.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -68,6 +69,15 @@ class ResumeCache:
     def __init__(self, root: str):
         self.root = Path(root)
         self.resumed = 0
+        self._here: Dict[str, Tuple[str, str]] = {}  # device name -> (resolved device, machine_name)
+
+    def _device_here(self, name: str) -> Tuple[str, str]:
+        """The device `name` resolves to here and its hardware's name, once per name (a job's runs
+        share one device)."""
+        if name not in self._here:
+            device = resolve_device(name)
+            self._here[name] = (str(device), machine_name(device))
+        return self._here[name]
 
     def path_for(self, out: str) -> Path:
         key = hashlib.sha256(os.path.normpath(out).encode()).hexdigest()[:24]
@@ -87,13 +97,14 @@ class ResumeCache:
         except Exception:  # noqa: BLE001 -- unreadable, not an entry
             current = False
         if not current:
-            self._drop(p)
+            with contextlib.suppress(OSError):
+                p.unlink()
             return None
         try:
-            device = resolve_device(spec.device)
+            device, machine = self._device_here(spec.device)
             ok = (entry.get("out") == os.path.normpath(out) and rec.get("outcome") != "error"
-                  and RunSpec.from_dict(rec["spec"]) == spec and rec.get("device") == str(device)
-                  and (rec.get("provenance") or {}).get("device_name") == machine_name(device))
+                  and RunSpec.from_dict(rec["spec"]) == spec and rec.get("device") == device
+                  and (rec.get("provenance") or {}).get("device_name") == machine)
         except Exception:  # noqa: BLE001 -- a malformed record, the device not here: train
             return None
         if not ok:
@@ -103,24 +114,14 @@ class ResumeCache:
             datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         return rec
 
-    @staticmethod
-    def _drop(p: Path) -> None:
-        try:
-            p.unlink()
-        except OSError:
-            pass
-
     def put(self, out: str, rec: Dict) -> None:
         """Keep `rec` (not an error record). Best effort: the record itself is already written, so
-        a failure here (a full disk, say; retried once) is a warning, never a failed job."""
+        a failure here (a full disk, say) is a warning, never a failed job."""
         if rec.get("outcome") == "error":
             return
         entry = {"format": FORMAT, "out": os.path.normpath(out), "code": code_fingerprint(), "record": rec}
-        for attempt in (1, 2):
-            try:
-                write_json_atomic(self.path_for(out), entry)  # creates the folder
-                return
-            except OSError as e:
-                if attempt == 2:
-                    print(f"warning: could not keep {out} in {self.root} for resuming ({e}); "
-                          "if this job runs again, that run will train again", file=sys.stderr)
+        try:
+            write_json_atomic(self.path_for(out), entry)  # creates the folder
+        except OSError as e:
+            print(f"warning: could not keep {out} in {self.root} for resuming ({e}); "
+                  "if this job runs again, that run will train again", file=sys.stderr)
