@@ -30,7 +30,7 @@ include: "workflow/rules/report.smk"
 
 
 onstart:
-    # The normalized cells' native kernel is built once per machine, here, before any job: about a
+    # The recurrences' native kernel (normalized cells, plain RNN, GRU) is built once per machine, here, before any job: about a
     # minute the first time, a second or two to find it afterwards; no training job's time includes it.
     shell(
         "python -m bench native --device {SWEEP.device} --mitigations "

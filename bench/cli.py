@@ -189,7 +189,7 @@ def cmd_run_cell(a) -> int:
 
 
 def cmd_native(a) -> int:
-    """Build (once per machine) or load the normalized cells' native kernel and say which loops
+    """Build (once per machine) or load the recurrences' native kernel and say which loops
     run; with --mitigations, only if one of them would use it on --device. A kernel that cannot be
     built is a warning (the cells fall back to slower loops), not an error: exit 0."""
     import torch
@@ -206,10 +206,12 @@ def cmd_native(a) -> int:
             return 0
         device = resolve_device(a.device)  # auto or cpu
         if not any(native.needed(m, device) for m in a.mitigations):
-            print("bench native: no normalized cell on the CPU in this sweep; nothing to build", file=sys.stderr)
+            print("bench native: no mitigation of this sweep runs the native kernel (normalized cells, plain RNN, "
+                  "GRU on the CPU); nothing to build", file=sys.stderr)
             return 0
     if not native.enabled():
-        print("bench native: BENCH_NORMSEQ_NATIVE=0: the normalized cells run their TorchScript/Python loops",
+        print("bench native: BENCH_NORMSEQ_NATIVE=0: the normalized cells run their TorchScript/Python loops, "
+              "the plain RNN and GRU nn.RNN / nn.GRU",
               file=sys.stderr)
         return 0
     ok = native.kernel() is not None
@@ -238,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "and kind of machine; see bench/resume.py)")
     pc.add_argument("--reuse", choices=("yes", "no"), default="yes",
                     help="with --resume-dir: 'no' trains every run again (and refreshes the kept records)")
-    pn = sub.add_parser("native", help="build or load the normalized cells' native kernel (once per machine)")
+    pn = sub.add_parser("native", help="build or load the recurrences' native kernel (once per machine)")
     pn.add_argument("--mitigations", nargs="*", default=None,
                     help="build only if one of these would use it (the pipeline passes its sweep's)")
     pn.add_argument("--device", type=_device_arg, default="auto", metavar="{" + ",".join(DEVICES) + "}",

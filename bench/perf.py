@@ -9,7 +9,9 @@ Nothing here is used by training (the allocator setting is bench.runtime's); it 
   computes the same losses and gradient norms.
 - `BareStep`: a hand-written training loop step around a plain nn.RNN / nn.LSTM / nn.GRU (or a
   plain nn.LSTMCell / nn.RNNCell loop) + nn.Linear head, same task generator, same optimizer: the
-  independent reference the ratios are taken against.
+  independent reference the ratios are taken against. Matched to an EngineStep (`like`), it runs
+  the engine's own recurrence (on the CPU the native kernel for the plain RNN and the GRU), so that
+  target 1's ratio is the harness's cost alone.
 - `harness_round`: one timed `train()` call split into its parts (setup, training loop, the
   diagnostics snapshots inside and outside the loop, evaluation).
 - `ratios` / `targets`: turn a pytest-benchmark JSON into the tracked ratios and the table of the
@@ -47,7 +49,12 @@ FUSED = ["rnn", "rnn_orth", "irnn", "lstm", "lstm_chrono", "gru",
 # Mitigations with a Python cell loop (bn_*, ln_*) or a chunked recurrence (tbptt) (target 2).
 CUSTOM = ["bn_rnn", "bn_lstm", "ln_rnn", "ln_lstm", "rnn+tbptt:20", "lstm+tbptt:20", "bn_lstm+clipnorm:1"]
 ALL = FUSED + CUSTOM
-CELL_LOOPS = ["lstmcell", "rnncell"]  # plain nn.LSTMCell / nn.RNNCell loops (target 2's floor)
+# Bare loops timed as steps of their own: plain nn.LSTMCell / nn.RNNCell loops (target 2's floor),
+# and nn.RNN (tanh) / nn.GRU themselves, which the suite's native kernel replaces on the CPU
+# (target 1 against PyTorch's module).
+CELL_LOOPS = ["lstmcell", "rnncell", "nn_rnn", "nn_gru"]
+NN_KIND = {"nn_rnn": "rnn_tanh", "nn_gru": "gru"}  # BareStep kind of the nn_* loops
+NN_OF_FAMILY = {v: k for k, v in NN_KIND.items()}
 
 # Targets of the issue (absolute; reported, not the regression check).
 T1_MAX = 1.05   # engine step / bare loop step, fused mitigations
@@ -191,10 +198,12 @@ class BareStep:
     """A hand-written training step: plain PyTorch module + nn.Linear head on the last hidden
     state, MSE, the task's own generator, zero_grad/backward/[clip]/step. Nothing else.
 
-    kind: rnn_tanh | rnn_relu | lstm | gru (fused nn.RNN/LSTM/GRU) or lstmcell | rnncell (a Python
-    loop over nn.LSTMCell / nn.RNNCell, feeding x[:, t] each step).
-    `like`: an EngineStep whose initial weights to copy (fused kinds only), so that both loops
-    run the same numbers; otherwise PyTorch's default init under torch.manual_seed(seed)."""
+    kind: rnn_tanh | rnn_relu | lstm | gru (fused nn.RNN/LSTM/GRU; nn_rnn / nn_gru name the first
+    and the last) or lstmcell | rnncell (a Python loop over nn.LSTMCell / nn.RNNCell, feeding
+    x[:, t] each step).
+    `like`: an EngineStep whose recurrence (copied: its weights and its implementation, the native
+    kernel where the engine runs it) the loop runs, so that both loops run the same numbers the
+    same way; otherwise PyTorch's default init under torch.manual_seed(seed)."""
 
     def __init__(self, kind: str, T: int, hidden: int, batch: int = BATCH, seed: int = 0,
                  optimizer: str = "adam", lr: float = 1e-3, clipnorm: Optional[float] = None,
@@ -206,10 +215,13 @@ class BareStep:
         self.task = make_task(task, T)
         assert self.task.readout == "last" and self.task.kind == "regression"
         n_in = self.task.n_in
+        kind = NN_KIND.get(kind, kind)
         self.kind = kind
+        self.rec = None  # the engine's recurrence (matched loops)
         torch.manual_seed(seed)
         if like is not None:
-            self.rnn = copy.deepcopy(like.model.rec.rnn)
+            self.rec = copy.deepcopy(like.model.rec)
+            self.rnn = self.rec.rnn
             self.head = copy.deepcopy(like.model.head)
         else:
             if kind == "lstm":
@@ -227,7 +239,7 @@ class BareStep:
             self.head = nn.Linear(hidden, 1)
         self.hidden = hidden
         self.device = torch.device(device or (like.device if like is not None else DEVICE))
-        self.rnn.to(self.device)
+        (self.rec if self.rec is not None else self.rnn).to(self.device)
         self.head.to(self.device)
         self.params = list(self.rnn.parameters()) + list(self.head.parameters())
         opt = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}[optimizer]
@@ -248,6 +260,8 @@ class BareStep:
             for t in range(x.shape[1]):
                 h = self.rnn(x[:, t], h)
             return h
+        if self.rec is not None:
+            return self.rec(x)[:, -1]
         return self.rnn(x)[0][:, -1]
 
     def __call__(self) -> float:
@@ -573,6 +587,15 @@ def targets(bench_json: dict) -> List[dict]:
         row("T1 run@1000", size, e["name"], run / (n * bare), T1_MAX,
             f"projected: setup {median(e['setup']) * 1e3:.0f} ms + 5 snapshots x {median(e['snap_each']) * 1e3:.0f} ms "
             f"+ {n} loop steps, eval excluded")
+    # T1 against PyTorch's own module where the engine runs the native kernel instead (CPU): the
+    # engine's step / the bare nn.RNN or nn.GRU loop's step (both / the interleaved reference)
+    for (H, T, name), r in sorted(steps.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+        if name in CELL_LOOPS or not is_fused(name):
+            continue
+        nn_loop = NN_OF_FAMILY.get(family_of(name))
+        if (H, T, nn_loop) in steps:
+            row("T1 vs nn.*", f"h{H}-T{T}", name, r / steps[(H, T, nn_loop)], T1_MAX,
+                f"step / bare nn.{'GRU' if nn_loop == 'nn_gru' else 'RNN'} loop step (both / reference)")
     # T2: custom cells vs fused nn.LSTM (<= 1.5x) and vs a plain cell loop (faster)
     for (H, T, name), r in sorted(steps.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
         if name in CELL_LOOPS or is_fused(name):

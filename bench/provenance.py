@@ -76,6 +76,7 @@ def provenance(device, threads, model=None) -> dict:
         "git_commit": git_commit(),
         "malloc": runtime.MALLOC_MODE,
         "normseq_backend": native.backend(device) if model is not None and native.uses_norm_cells(model) else None,
+        "recurrence_backend": native.recurrence_backend(model, device) if model is not None else None,
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -53,7 +53,7 @@ def _ids(cases):
 @pytest.mark.parametrize("hidden,T,name", STEP_CASES, ids=_ids(STEP_CASES))
 def test_step(benchmark, timer, hidden, T, name):
     """One training step of a mitigation as train() runs it (bench.perf.EngineStep), or of a
-    plain nn.LSTMCell / nn.RNNCell loop. Before every round, one step of the same-size bare
+    plain nn.LSTMCell / nn.RNNCell loop, or of a bare loop around nn.RNN / nn.GRU (nn_rnn, nn_gru). Before every round, one step of the same-size bare
     nn.LSTM reference is timed too (interleaved: same load), and at T=1000 one step of the same
     mitigation at T=100 (target 3)."""
     rounds, warmup = ROUNDS[T]

@@ -217,3 +217,43 @@ def test_check_reports_the_stack_bound_and_does_not_count_it_as_a_miss(tmp_path)
     assert "0 MISS of" in r.stdout
     line = next(ln for ln in (tmp_path / "out.md").read_text().splitlines() if "T5 bound" in ln)
     assert "no gain" in line and "< 1" in line and "1.200" in line
+
+
+# -- target 1 with the native kernel ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["gru+clipnorm:1", "rnn", "lstm"])
+def test_matched_bare_loop_runs_the_engines_own_recurrence_and_the_same_numbers(name):
+    """Target 1's bare loop is the harness's cost alone: it runs the engine's recurrence (the native
+    kernel for the plain RNN and the GRU on the CPU), from the same weights, on the same batches."""
+    eng = perf.EngineStep(name, 12, 8, batch=4, heldout_size=16, device="cpu")
+    bare = perf.matched_bare_step(eng)
+    assert bare.rec is not None and type(bare.rec) is type(eng.model.rec)
+    x = torch.zeros(2, 3, eng.task.n_in)
+    assert bare.rec.native(x) == eng.model.rec.native(x) == (name != "lstm")
+    assert [p.data_ptr() for p in bare.rnn.parameters()] == [p.data_ptr() for p in bare.rec.parameters()]
+    for _ in range(2):
+        eng()
+        bare()
+    for p, q in zip(eng.model.rec.parameters(), bare.rec.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)  # trained alike
+
+
+def test_nn_loops_time_pytorchs_own_modules():
+    assert isinstance(perf.BareStep("nn_gru", 10, 8, batch=4, device="cpu").rnn, torch.nn.GRU)
+    r = perf.BareStep("nn_rnn", 10, 8, batch=4, device="cpu")
+    assert isinstance(r.rnn, torch.nn.RNN) and r.rnn.nonlinearity == "tanh" and r.rec is None
+    r()
+
+
+def test_target_1_against_pytorchs_module_is_the_engine_step_over_the_nn_loop_step():
+    def b(name, med, ref):
+        return {"name": f"test_step[{name}]", "fullname": f"perf/test_perf.py::test_step[{name}]",
+                "stats": {"median": med}, "options": {"timer": "process_time"},
+                "extra_info": {"kind": "cellloop" if name.startswith("nn_") else "step", "name": name, "hidden": 64,
+                               "T": 100, "batch": 64, "malloc": "pinned", "device": "cpu", "ref_times": [ref] * 3}}
+    data = {"benchmarks": [b("gru", 0.010, 0.010), b("nn_gru", 0.030, 0.012), b("rnn+clipnorm:1", 0.005, 0.010),
+                           b("nn_rnn", 0.008, 0.010), b("irnn", 0.005, 0.010)]}
+    rows = {r["name"]: r for r in perf.targets(data) if r["target"] == "T1 vs nn.*"}
+    assert set(rows) == {"gru", "rnn+clipnorm:1"}  # irnn (ReLU) has no nn_* loop of its kind
+    assert rows["gru"]["value"] == pytest.approx((0.010 / 0.010) / (0.030 / 0.012)) and rows["gru"]["verdict"] == "PASS"
+    assert rows["rnn+clipnorm:1"]["value"] == pytest.approx(0.5 / 0.8)
+    assert not any(r["name"].startswith("nn_") for r in perf.targets(data) if r["target"].startswith("T2"))

@@ -71,7 +71,7 @@ def test_smoke_runs_end_to_end(smoke):
     wd, p, seconds = smoke
     out = p.stdout + p.stderr
     assert "Using workflow specific profile profiles/default" in out  # picked up by itself
-    assert "bench native: no normalized cell on the CPU in this sweep" in out  # onstart: nothing to build
+    assert "bench native: native kernel ready" in out  # onstart: rnn on the CPU runs the kernel
     sweep, expected = expected_records(wd / "config" / "smoke.yaml")
     assert job_counts(out)["train"] == len(list(sweep.jobs())) == 3  # one per (mitigation, lr)
     assert set(map(str, (q.relative_to(wd) for q in wd.glob("results/runs/**/*.json")))) == expected
@@ -177,7 +177,7 @@ def test_the_native_kernel_is_ready_before_the_first_job(smoke):
     assert "bench native: native kernel ready" in out
     assert out.index("bench native:") < out.index("rule train")
     logs = list(wd.glob("logs/train/**/ln_rnn/**/*.log"))
-    assert logs and not any("building the normalized cells' native kernel" in q.read_text() for q in logs)
+    assert logs and not any("building the recurrences' native kernel" in q.read_text() for q in logs)
     recs = list(wd.glob("results/runs/**/ln_rnn/**/*.json"))
     assert recs and all(json.loads(r.read_text())["provenance"]["normseq_backend"].startswith("native-")
                         for r in recs)

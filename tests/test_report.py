@@ -39,7 +39,7 @@ def snap(task, factor, step, gate=None, rho=0.6):
 
 
 def record(task="adding", length=20, mitigation="rnn", seed=0, outcome="unsolved", lr=1e-3, optimizer="adam",
-           factor=0.6, factor_end=None, budget=400, solve_at=200, ms=1.0, gate=None, spike=False):
+           factor=0.6, factor_end=None, budget=400, solve_at=200, ms=1.0, gate=None, spike=False, backend=None):
     """A complete record in the documented format; outcome 'error' gives an error record."""
     spec = {"task": task, "length": length, "mitigation": mitigation, "seed": seed, "hidden": 16, "batch": 32,
             "optimizer": optimizer, "lr": lr, "budget": budget, "eval_every": 50, "heldout_size": 100,
@@ -47,6 +47,8 @@ def record(task="adding", length=20, mitigation="rnn", seed=0, outcome="unsolved
     prov = {"versions": {"python": "3.11.7", "torch": "2.13.0+cpu", "numpy": "2.4.6", "bench": "0.1.0"},
             "device_name": "Test CPU", "cpu_model": "Test CPU", "threads": 1, "threads_requested": 1,
             "git_commit": "abc123", "hostname": "testhost", "platform": "Linux", "finished_utc": "2026-01-01T00:00:00"}
+    if backend is not None:
+        prov["recurrence_backend"] = backend
     if outcome == "error":
         return {"record_version": 1, "spec": spec, "outcome": "error",
                 "error": {"type": "BenchError", "message": f"impossible composition {mitigation!r}",
@@ -362,7 +364,10 @@ def test_claim_10_gru_vs_lstm_step_time():
     assert verdict(lstm + cell(mitigation="gru", ms=1.5), 10).verdict == C.SUPPORTED
     c = verdict(lstm + cell(mitigation="gru", ms=3.0), 10)
     assert c.verdict == C.CONTRADICTED and "0.75" in c.reason  # parameter ratio 3/4, structural
+    assert "ran:" not in c.reason  # records without recurrence_backend
     assert C.NOT_MEASURED in verdict(lstm, 10).reason
+    c = verdict(cell(mitigation="lstm", ms=2.0, backend="torch") + cell(mitigation="gru", ms=1.5, backend="native-avx2"), 10)
+    assert c.verdict == C.SUPPORTED and "ran: GRU on native-avx2, LSTM on torch" in c.reason
 
 
 def test_claim_11_lstm_exploding():

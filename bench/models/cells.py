@@ -107,6 +107,63 @@ def _step(family, xp, h, c, W_hh, b_hh, gates: Optional[list]):
     return n + z * (h - n), c
 
 
+NATIVE_FAMILIES = native.NATIVE_FAMILIES  # run by the native kernel on the CPU (float32)
+
+
+class NativeSeq(torch.autograd.Function):
+    """hs = NativeSeq.apply(family, xs, h0, W_hh, b_hh): the time loop of nn.RNN (tanh / ReLU) or
+    nn.GRU, same algebra and parameters, in the native kernel (normlstm.cpp) with a hand-written
+    backward. PyTorch's CPU build runs these two modules' training as one autograd node per
+    operation and time step (only nn.LSTM's is fused, through oneDNN): a GRU step cost 3-4x an
+    LSTM step of the same size, and the tanh RNN's 1.5x.
+
+    xs (T, B, G): W_ih x_t + b_ih -- for the RNNs also + b_hh (the caller adds it; b_hh then gets
+    no gradient here); returns hs (T, B, H)."""
+
+    @staticmethod
+    def forward(ctx, family, xs, h0, W, b_hh):
+        from . import native
+
+        k = native.kernel()
+        T, B, G = xs.shape
+        H = W.shape[1]
+        xs = xs.contiguous()
+        hbuf = xs.new_empty(T + 1, B, H)  # h_{-1} = h0, then h_0 .. h_{T-1}
+        hbuf[0] = h0
+        ctx.family = family
+        if family == "gru":
+            gh, act = xs.new_empty(T, B, G), xs.new_empty(T, B, G)  # W_hh h + b_hh; r, z, n
+            k.gru_forward(xs, hbuf, gh, act, W.t(), b_hh.contiguous())
+            ctx.save_for_backward(hbuf, gh, act, W)
+        else:
+            k.plain_forward(xs, hbuf, W.t(), family == "rnn_relu")
+            ctx.save_for_backward(hbuf, W)
+        return hbuf[1:]
+
+    @staticmethod
+    def backward(ctx, dhs):
+        from . import native
+
+        k = native.kernel()
+        dhs = dhs.contiguous()
+        T, B, H = dhs.shape
+        Wc = ctx.saved_tensors[-1].contiguous()
+        if ctx.family == "gru":
+            hbuf, gh, act, _ = ctx.saved_tensors
+            dxs, dg = dhs.new_empty(act.shape), dhs.new_empty(act.shape)
+            dh = k.gru_backward(dhs, dxs, dg, hbuf, gh, act, Wc)
+        else:
+            hbuf, _ = ctx.saved_tensors
+            dxs = dhs.new_empty(T, B, H)
+            dh = k.plain_backward(dhs, dxs, hbuf, Wc, ctx.family == "rnn_relu")
+            dg = dxs
+        need = ctx.needs_input_grad
+        G = dg.shape[2]
+        dW = torch.mm(dg.view(T * B, G).t(), hbuf[:-1].reshape(T * B, H)) if need[3] else None
+        db = dg.sum((0, 1)) if need[4] else None
+        return None, dxs if need[1] else None, dh if need[2] else None, dW, db
+
+
 class FusedRecurrence(Recurrence):
     """nn.RNN / nn.LSTM / nn.GRU (one layer, batch_first), built on the meta device so that
     construction draws nothing from the global RNG; the recipe initialises it."""
@@ -123,6 +180,8 @@ class FusedRecurrence(Recurrence):
             mod = nn.RNN(n_in, hidden, nonlinearity=nl, batch_first=True, device="meta")
         self.rnn = mod.to_empty(device=device)
         self.rnn.flatten_parameters()
+        if family in NATIVE_FAMILIES and torch.device(device).type == "cpu":
+            native.kernel()  # built (once per machine) or loaded now, in setup, not in the first timed step
 
     @property
     def w_ih(self):
@@ -140,10 +199,17 @@ class FusedRecurrence(Recurrence):
     def b_hh(self):
         return self.rnn.bias_hh_l0
 
+    def native(self, x) -> bool:
+        """Whether forward(x) runs the native kernel (rnn_tanh, rnn_relu, gru; float32 on the CPU,
+        the kernel built here, BENCH_NORMSEQ_NATIVE not 0) rather than nn.RNN / nn.GRU."""
+        return self.family in NATIVE_FAMILIES and native_kernel_for(x) is not None
+
     def forward(self, x, tbptt: Optional[int] = None, no_grad_before: int = 0):
         """no_grad_before: steps before it run without autograd (their outputs get no
         gradient anyway when the loss reads only the last truncation chunk)."""
         B, T, _ = x.shape
+        if self.native(x):
+            return self._native_forward(x, tbptt, no_grad_before)
         if not tbptt or tbptt >= T:
             return self.rnn(x)[0]
         outs, state = [], None
@@ -154,6 +220,22 @@ class FusedRecurrence(Recurrence):
                 o, state = self.rnn(x[:, s:e], state)
             outs.append(o)
         return torch.cat(outs, 1)
+
+    def _native_forward(self, x, tbptt, no_grad_before):
+        B, T, _ = x.shape
+        gru = self.family == "gru"
+        # time-major input terms, one matrix product for all steps (the RNNs fold b_hh in)
+        xs = _InputProj.apply(x.transpose(0, 1), self.w_ih) + (self.b_ih if gru else self.b_ih + self.b_hh)
+        h = x.new_zeros(B, self.hidden)
+        outs = []
+        grad = torch.is_grad_enabled()
+        for s, e in _chunks(T, tbptt):
+            with torch.set_grad_enabled(grad and s >= no_grad_before):
+                hs = NativeSeq.apply(self.family, xs if (s, e) == (0, T) else xs[s:e], h.detach(), self.w_hh,
+                                     self.b_hh if gru else None)
+            outs.append(hs)
+            h = hs[-1]
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, 0)).transpose(0, 1)
 
     def loop(self, x, tbptt=None, probes: Optional[List[torch.Tensor]] = None, gates: Optional[list] = None):
         """The cell-loop twin of `forward`, on the same weights."""

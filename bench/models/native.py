@@ -1,8 +1,10 @@
-"""The native kernel of the normalized cells' time loops (normlstm.cpp: bn_lstm, ln_lstm, bn_rnn,
-ln_rnn), built on first use.
+"""The native kernel of the recurrences' time loops on the CPU (normlstm.cpp: the normalized cells
+bn_lstm, ln_lstm, bn_rnn, ln_rnn; and the plain tanh / ReLU RNN and the GRU, which PyTorch's CPU
+build runs one autograd node per operation and step), built on first use.
 
 `kernel()` returns the compiled module, or None -- then normseq runs its TorchScript / Python loops
-(the same function, slower; results equal to rounding). None when:
+and the plain RNN / GRU run nn.RNN / nn.GRU (the same functions, slower; results equal to
+rounding). None when:
 - BENCH_NORMSEQ_NATIVE=0;
 - it cannot be built here (no C++ compiler or ninja, a read-only cache, ...): said once, with
   the reason, as a warning.
@@ -55,12 +57,16 @@ def kernel():
     return _STATE["mod"]
 
 
+NATIVE_FAMILIES = ("rnn_tanh", "rnn_relu", "gru")  # plain recurrences run by the kernel on the CPU
+
+
 def needed(mitigation: str, device) -> bool:
     """Whether training `mitigation` on `device` (a torch.device) runs the kernel."""
     from .mitigations import MITIGATIONS
 
     recipe = MITIGATIONS.get(str(mitigation).strip().split("+")[0])
-    return recipe is not None and recipe.norm is not None and device.type == "cpu"
+    return (recipe is not None and (recipe.norm is not None or recipe.family in NATIVE_FAMILIES)
+            and device.type == "cpu")
 
 
 def prepare(mitigation: str, device: torch.device) -> None:
@@ -85,6 +91,23 @@ def uses_norm_cells(model) -> bool:
     from .cells import NormRecurrence
 
     return any(isinstance(m, NormRecurrence) for m in model.modules())
+
+
+def recurrence_backend(model, device=None) -> str:
+    """What ran the time loops of `model`'s recurrence on `device` in this process: "native-avx2" /
+    "native-generic" (the kernel), "torchscript" / "python" (the normalized cells' fallbacks), or
+    "torch" (PyTorch's own module: nn.LSTM everywhere, nn.RNN / nn.GRU off the CPU or without the
+    kernel)."""
+    from .cells import FusedRecurrence
+
+    if uses_norm_cells(model):
+        return backend(device)
+    rec = [m for m in model.modules() if isinstance(m, FusedRecurrence)]
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if rec and rec[0].family in NATIVE_FAMILIES and on_cpu and enabled() and _STATE.get("mod") is not None \
+            and next(rec[0].parameters()).dtype == torch.float32:
+        return "native-" + _flags()[0]
+    return "torch"
 
 
 def backend(device=None) -> str:
@@ -135,7 +158,7 @@ def _build():
                     # would call up to date. Start over.
                     for f in [built, stamp, *build.glob("*.o"), build / ".ninja_log", build / ".ninja_deps"]:
                         f.unlink(missing_ok=True)
-                print(f"bench: building the normalized cells' native kernel in {build} "
+                print(f"bench: building the recurrences' native kernel in {build} "
                       "(once per machine, about a minute)", file=sys.stderr, flush=True)
                 from torch.utils import cpp_extension  # 0.25 s to import: only to build
 
@@ -150,7 +173,8 @@ def _build():
         msg = str(e).strip().splitlines()
         warnings.warn(f"bench.models.native: the native kernel cannot be built here ({type(e).__name__}: "
                       f"{msg[-1] if msg else ''}); the normalized cells run their TorchScript / "
-                      "Python loops (slower; results equal to rounding). BENCH_NORMSEQ_NATIVE=0 skips the attempt.")
+                      "Python loops, the plain RNN and GRU nn.RNN / nn.GRU (slower; results equal to rounding). "
+                      "BENCH_NORMSEQ_NATIVE=0 skips the attempt.")
         return None
 
 

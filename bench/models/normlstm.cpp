@@ -1,5 +1,5 @@
 // The normalized cells' time loops (bn_lstm, ln_lstm; bn_rnn, ln_rnn) as one native kernel per
-// direction.
+// direction; also the plain tanh / ReLU RNN's and the GRU's (at the end of this file).
 //
 // Built on first use by bench/models/native.py (torch.utils.cpp_extension), run by
 // bench/models/normseq.py in place of the TorchScript / Python loops on the CPU for float32. Same
@@ -399,9 +399,135 @@ std::vector<Tensor> rnn_backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor vin, 
   return {dh, dgain, dbias};
 }
 
+// The plain recurrences that nn.RNN / nn.GRU run on the CPU as one autograd node per operation
+// and time step (PyTorch's CPU build fuses only nn.LSTM's training, through oneDNN): the same
+// algebra in one kernel per direction, one matrix product per step and one fused pass over the
+// (B, G) block. Used by cells.FusedRecurrence for rnn_tanh, rnn_relu and gru on the CPU.
+
+// One row of the GRU's forward (PyTorch's convention): r = s(x_r + g_r), z = s(x_z + g_z),
+// n = tanh(x_n + r * g_n), h' = n + z (h - n); g = W_hh h + b_hh; tanh n = 2 s(2 .) - 1.
+inline void gru_row(int64_t H, const float* __restrict xr, const float* __restrict xz, const float* __restrict xn,
+                    const float* __restrict gr, const float* __restrict gz, const float* __restrict gn,
+                    const float* __restrict hp, float* __restrict ar, float* __restrict az, float* __restrict an,
+                    float* __restrict ho) {
+  for (int64_t d = 0; d < H; ++d) {
+    const float r = sigmoid_c(xr[d] + gr[d]);
+    const float z = sigmoid_c(xz[d] + gz[d]);
+    const float n = sigmoid_c(2.f * (xn[d] + r * gn[d])) * 2.f - 1.f;
+    ar[d] = r;
+    az[d] = z;
+    an[d] = n;
+    ho[d] = n + z * (hp[d] - n);
+  }
+}
+
+// One row of the GRU's backward: from dh' (dy: of the output, dh: from step t+1; dh becomes
+// the direct part z * dh' of d h_{t-1}) the gradients of the input terms (dx) and of W_hh h +
+// b_hh (dg).
+inline void gru_grad_row(int64_t H, const float* __restrict dy, float* __restrict dh, const float* __restrict hp,
+                         const float* __restrict ar, const float* __restrict az, const float* __restrict an,
+                         const float* __restrict gn, float* __restrict dxr, float* __restrict dxz,
+                         float* __restrict dxn, float* __restrict dgr, float* __restrict dgz, float* __restrict dgn) {
+  for (int64_t d = 0; d < H; ++d) {
+    const float g = dy[d] + dh[d];
+    const float r = ar[d], z = az[d], n = an[d];
+    const float dn = g * (1.f - z) * (1.f - n * n);
+    const float dz = g * (hp[d] - n) * z * (1.f - z);
+    const float dr = dn * gn[d] * r * (1.f - r);
+    dxr[d] = dr;
+    dxz[d] = dz;
+    dxn[d] = dn;
+    dgr[d] = dr;
+    dgz[d] = dz;
+    dgn[d] = dn * r;
+    dh[d] = g * z;
+  }
+}
+
+// xs (T, B, 3H): W_ih x_t + b_ih. Fills hbuf[1:], gh (W_hh h + b_hh per step) and act (r, z, n).
+void gru_forward(Tensor xs, Tensor hbuf, Tensor gh, Tensor act, Tensor Wt, Tensor bhh) {
+  const int64_t T = xs.size(0), B = xs.size(1), G = xs.size(2), H = G / 3;
+  for (auto* p : {&xs, &hbuf, &gh, &act, &bhh}) check(*p, "a buffer");
+  const float* X = xs.data_ptr<float>();
+  float *Hb = hbuf.data_ptr<float>(), *GH = gh.data_ptr<float>(), *A = act.data_ptr<float>();
+  gh.copy_(bhh.expand({T, B, G}));  // b_hh once, then += h W_hh^T per step (no per-step copy)
+  for (int64_t t = 0; t < T; ++t) {
+    gh[t].addmm_(hbuf[t], Wt);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t row = (t * B + b) * G;
+      const float *xr = X + row, *gr = GH + row;
+      float* ar = A + row;
+      gru_row(H, xr, xr + H, xr + 2 * H, gr, gr + H, gr + 2 * H, Hb + (t * B + b) * H, ar, ar + H, ar + 2 * H,
+              Hb + ((t + 1) * B + b) * H);
+    }
+  }
+}
+
+// Fills dxs (of xs) and dgh (of W_hh h + b_hh, per step); returns dh (of h0).
+Tensor gru_backward(Tensor dhs, Tensor dxs, Tensor dgh, Tensor hbuf, Tensor gh, Tensor act, Tensor W) {
+  const int64_t T = dxs.size(0), B = dxs.size(1), G = dxs.size(2), H = G / 3;
+  for (auto* p : {&dhs, &dxs, &dgh, &hbuf, &gh, &act, &W}) check(*p, "a buffer");
+  Tensor dh = dhs.new_zeros({B, H});
+  const float *DY = dhs.data_ptr<float>(), *Hb = hbuf.data_ptr<float>(), *GH = gh.data_ptr<float>();
+  const float* A = act.data_ptr<float>();
+  float *DX = dxs.data_ptr<float>(), *DG = dgh.data_ptr<float>(), *DH = dh.data_ptr<float>();
+  for (int64_t t = T - 1; t >= 0; --t) {
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t row = (t * B + b) * G;
+      const float* ar = A + row;
+      float *dx = DX + row, *dg = DG + row;
+      gru_grad_row(H, DY + (t * B + b) * H, DH + b * H, Hb + (t * B + b) * H, ar, ar + H, ar + 2 * H,
+                   GH + row + 2 * H, dx, dx + H, dx + 2 * H, dg, dg + H, dg + 2 * H);
+    }
+    dh.addmm_(dgh[t], W);  // + d h_{t-1} through W_hh h
+  }
+  return dh;
+}
+
+// The plain RNN: h' = tanh(x_t + W_hh h) or relu(...); xs (T, B, H) holds W_ih x_t + b_ih + b_hh.
+void plain_forward(Tensor xs, Tensor hbuf, Tensor Wt, bool relu) {
+  const int64_t T = xs.size(0), B = xs.size(1), H = xs.size(2);
+  for (auto* p : {&xs, &hbuf}) check(*p, "a buffer");
+  float* Hb = hbuf.data_ptr<float>();
+  hbuf.narrow(0, 1, T).copy_(xs);  // the input terms once, then += h W_hh^T per step
+  for (int64_t t = 0; t < T; ++t) {
+    hbuf[t + 1].addmm_(hbuf[t], Wt);
+    float* __restrict h = Hb + (t + 1) * B * H;
+    if (relu)
+      for (int64_t k = 0; k < B * H; ++k) h[k] = std::max(h[k], 0.f);
+    else
+      for (int64_t k = 0; k < B * H; ++k) h[k] = sigmoid_c(2.f * h[k]) * 2.f - 1.f;
+  }
+}
+
+// Fills dxs (of the pre-activations = of xs); returns dh (of h0).
+Tensor plain_backward(Tensor dhs, Tensor dxs, Tensor hbuf, Tensor W, bool relu) {
+  const int64_t T = dxs.size(0), B = dxs.size(1), H = dxs.size(2);
+  for (auto* p : {&dhs, &dxs, &hbuf, &W}) check(*p, "a buffer");
+  Tensor dh = dhs.new_zeros({B, H});
+  const float *DY = dhs.data_ptr<float>(), *Hb = hbuf.data_ptr<float>();
+  float *DX = dxs.data_ptr<float>(), *DH = dh.data_ptr<float>();
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const float* __restrict y = Hb + (t + 1) * B * H;
+    const float* __restrict dy = DY + t * B * H;
+    const float* __restrict dn = DH;  // from step t+1 (zeros at t = T - 1)
+    float* __restrict dx = DX + t * B * H;
+    if (relu)
+      for (int64_t k = 0; k < B * H; ++k) dx[k] = y[k] > 0.f ? dy[k] + dn[k] : 0.f;
+    else
+      for (int64_t k = 0; k < B * H; ++k) dx[k] = (dy[k] + dn[k]) * (1.f - y[k] * y[k]);
+    at::mm_out(dh, dxs[t], W);
+  }
+  return dh;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "normalized LSTM: forward time loop");
   m.def("backward", &backward, "normalized LSTM: backward time loop");
   m.def("rnn_forward", &rnn_forward, "normalized tanh RNN: forward time loop");
   m.def("rnn_backward", &rnn_backward, "normalized tanh RNN: backward time loop");
+  m.def("gru_forward", &gru_forward, "GRU: forward time loop");
+  m.def("gru_backward", &gru_backward, "GRU: backward time loop");
+  m.def("plain_forward", &plain_forward, "tanh / ReLU RNN: forward time loop");
+  m.def("plain_backward", &plain_backward, "tanh / ReLU RNN: backward time loop");
 }

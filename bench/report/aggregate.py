@@ -272,6 +272,7 @@ def record_to_row(rec: Dict, path: str) -> Dict:
     row["prov_bench"] = ver.get("bench")
     row["prov_cpu"] = prov.get("cpu_model")
     row["prov_device"] = prov.get("device_name")
+    row["prov_backend"] = prov.get("recurrence_backend")  # what ran the time loops (native kernel / torch)
     row["prov_threads"] = prov.get("threads")
     row["prov_threads_requested"] = prov.get("threads_requested")
     row["prov_host"] = prov.get("hostname")
@@ -314,7 +315,7 @@ FLOAT_COLUMNS = ("p_lr",)
 STR_COLUMNS = ("p_task", "p_mitigation", "p_optimizer", "p_device", "m_name", "m_recipe", "m_family", "m_norm",
                "m_init", "t_length_meaning", "t_kind", "t_readout", "t_success_rule", "outcome", "error_type",
                "error_message", "error_traceback", "optimizer_used", "device_used", "record_path", "prov_git",
-               "prov_torch", "prov_python", "prov_numpy", "prov_bench", "prov_cpu", "prov_device", "prov_host",
+               "prov_torch", "prov_python", "prov_numpy", "prov_bench", "prov_cpu", "prov_device", "prov_backend", "prov_host",
                "prov_platform", "prov_finished_utc", "prov_taken_back_utc")
 
 

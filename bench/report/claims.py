@@ -572,7 +572,9 @@ def claim_10(df) -> Claim:
               f"Parameter count of the recurrence (structural: 3 gate blocks vs 4). Step time: log(ms per step GRU / "
               f"LSTM) paired by (task, length, seed), bootstrap 95% interval of the median; sign test (binomial, "
               f"two-sided) on the pairs. Supported if the upper end < 0, contradicted if the lower end > 0. "
-              f"Measured on this machine; CPU kernels differ from GPU ones.", figures=["step_time"])
+              f"Measured on this machine; CPU kernels differ from GPU ones, and the step time measures the "
+              f"implementation that ran (named in the result, from the records' recurrence_backend).",
+              figures=["step_time"])
     C = chosen(df)
     g, l = C[C["m_name"] == "gru"], C[C["m_name"] == "lstm"]
     key = ["p_task", "p_length", "p_seed"]
@@ -594,7 +596,7 @@ def claim_10(df) -> Claim:
     p = float(stats.binomtest(k, len(ratio), 0.5).pvalue)
     prm = float(np.nanmedian(pairs["n_params_rec_gru"] / pairs["n_params_rec_lstm"]))
     nums = (f"parameter ratio GRU/LSTM {prm:.3g}; step time ratio {np.exp(m):.3g} [95% CI {np.exp(lo):.3g}, "
-            f"{np.exp(hi):.3g}]; GRU faster in {k}/{len(ratio)} pairs, sign test {fp(p)}")
+            f"{np.exp(hi):.3g}]; GRU faster in {k}/{len(ratio)} pairs, sign test {fp(p)}{_backends(pairs)}")
     if hi < 0:
         c.verdict, c.reason = SUPPORTED, nums
     elif lo > 0:
@@ -602,6 +604,16 @@ def claim_10(df) -> Claim:
     else:
         c.reason = f"{nums}: the interval includes 1"
     return c
+
+
+def _backends(pairs) -> str:
+    """'; GRU ran on native-avx2, LSTM on torch' from the records (empty for records without it)."""
+    names = []
+    for m in ("gru", "lstm"):
+        col = f"prov_backend_{m}"
+        vals = sorted(pairs[col].dropna().astype(str).unique()) if col in pairs else []
+        names.append(f"{m.upper()} on {'/'.join(vals)}" if vals else "")
+    return "; ran: " + ", ".join(n for n in names if n) if any(names) else ""
 
 
 def claim_11(df) -> Claim:
