@@ -22,6 +22,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -180,6 +181,10 @@ def main(argv=None) -> int:
                     help="with --save-baseline: keep, per ratio, the larger of the baseline's and the result's (a "
                          "baseline that holds on several machines, whose CPUs favour different kernels; the "
                          "earlier measurement is kept under measured.before)")
+    ap.add_argument("--keys-matching", metavar="REGEX", default=None,
+                    help="with --save-baseline: write only the result's ratios whose key matches REGEX (Python re, "
+                         "searched), replacing their values; the other keys keep theirs (re-baseline the mitigations "
+                         "an intended change sped up or slowed down, keep the rest)")
     ap.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="compare B against A (two commits)")
     ap.add_argument("--report", default=str(REPORT), help="where to write the markdown results (default perf/last_results.md)")
     ap.add_argument("--summary", action="store_true", help="print the table of step medians and exit")
@@ -230,6 +235,21 @@ def main(argv=None) -> int:
         if a.replace and a.keep_larger:
             print("perf/check.py: --replace and --keep-larger exclude each other", file=sys.stderr)
             return 2
+        if a.keys_matching is not None:
+            if a.replace or a.keep_larger:
+                print("perf/check.py: --keys-matching excludes --replace and --keep-larger", file=sys.stderr)
+                return 2
+            try:
+                pat = re.compile(a.keys_matching)
+            except re.error as e:
+                print(f"perf/check.py: --keys-matching {a.keys_matching!r} is not a regular expression: {e}",
+                      file=sys.stderr)
+                return 2
+            cur = {k: v for k, v in cur.items() if pat.search(k)}
+            if not cur:
+                print(f"perf/check.py: no ratio of {a.result} matches --keys-matching {a.keys_matching!r}; "
+                      "baseline unchanged", file=sys.stderr)
+                return 2
         old = dict(baseline.get("ratios", {}))
         new = {} if a.replace else dict(old)
         for k, v in cur.items():
@@ -237,6 +257,10 @@ def main(argv=None) -> int:
         mi = data.get("machine_info", {})
         about = ("Ratios of medians measured within one run (see perf/README.md); perf/check.py fails when "
                  "a ratio exceeds baseline * (1 + tolerance) twice in a row.")
+        if a.keys_matching is not None:
+            about = (baseline.get("about") or about) + (
+                f" {datetime.date.today().isoformat()}: {len(cur)} ratios matching {a.keys_matching!r} replaced by "
+                "the 'measured' run's ('measured.before' the baseline they were written into).")
         if a.keep_larger:
             raised = sum(1 for k, v in cur.items() if k in old and v["value"] > old[k])
             about = (baseline.get("about") or about) + (
@@ -255,7 +279,8 @@ def main(argv=None) -> int:
                          "quick": os.environ.get("BENCH_PERF_QUICK", ""),
                          "note": "2 shared CPU cores, noisy; torch.set_num_threads(1)" if dev == "cpu"
                                  else "GPU; torch.set_num_threads(1) on the host",
-                         **({"before": baseline.get("measured")} if a.keep_larger and baseline.get("measured") else {})},
+                         **({"before": baseline.get("measured")}
+                            if (a.keep_larger or a.keys_matching is not None) and baseline.get("measured") else {})},
             "ratios": dict(sorted(new.items())),
         }
         bpath.write_text(json.dumps(baseline, indent=1) + "\n")

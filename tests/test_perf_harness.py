@@ -153,6 +153,28 @@ def test_save_baseline_keep_larger_keeps_the_larger_ratio_of_each_key(tmp_path):
     assert r.returncode == 2 and "exclude each other" in r.stderr
 
 
+def test_save_baseline_keys_matching_replaces_only_those_keys(tmp_path):
+    base = tmp_path / "base.json"
+    (tmp_path / "a.json").write_text(json.dumps(_bench_json(0.020)))   # bn_lstm 2.0, lstm 1.0
+    b = _bench_json(0.015)
+    b["benchmarks"][1]["stats"]["median"] = 0.012  # lstm 1.2
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert _check(tmp_path, tmp_path / "a.json", "--save-baseline", "--baseline", base).returncode == 0
+    first = json.loads(base.read_text())["measured"]
+    r = _check(tmp_path, tmp_path / "b.json", "--save-baseline", "--keys-matching", "/bn_", "--baseline", base)
+    assert r.returncode == 0, r.stderr
+    saved = json.loads(base.read_text())
+    assert saved["ratios"] == {"step/h64-T100/bn_lstm": 1.5, "step/h64-T100/lstm": 1.0}  # lstm kept, not 1.2
+    assert saved["measured"]["before"] == first and "1 ratios matching '/bn_' replaced" in saved["about"]
+    r = _check(tmp_path, tmp_path / "b.json", "--save-baseline", "--keys-matching", "/gru", "--baseline", base)
+    assert r.returncode == 2 and "no ratio of" in r.stderr and "baseline unchanged" in r.stderr
+    r = _check(tmp_path, tmp_path / "b.json", "--save-baseline", "--keys-matching", "(", "--baseline", base)
+    assert r.returncode == 2 and "is not a regular expression" in r.stderr and "Traceback" not in r.stderr
+    r = _check(tmp_path, tmp_path / "b.json", "--save-baseline", "--keys-matching", "x", "--keep-larger", "--baseline", base)
+    assert r.returncode == 2 and "excludes --replace and --keep-larger" in r.stderr
+    assert json.loads(base.read_text()) == saved
+
+
 def test_check_never_compares_one_device_with_another(tmp_path):
     base = tmp_path / "base.json"
     (tmp_path / "cpu.json").write_text(json.dumps(_bench_json(0.020)))
