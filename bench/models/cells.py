@@ -143,13 +143,14 @@ class NativeSeq(torch.autograd.Function):
         k = native.kernel()
         dhs = dhs.contiguous()
         T, B, H = dhs.shape
-        Wc = ctx.saved_tensors[-1].contiguous()
+        *saved, W = ctx.saved_tensors  # unpacked once
+        Wc = W.contiguous()
         if ctx.family == "gru":
-            hbuf, gh, act, _ = ctx.saved_tensors
+            hbuf, gh, act = saved
             dxs, dg = dhs.new_empty(act.shape), dhs.new_empty(act.shape)
             dh = k.gru_backward(dhs, dxs, dg, hbuf, gh, act, Wc)
         else:
-            hbuf, _ = ctx.saved_tensors
+            (hbuf,) = saved
             dxs = dhs.new_empty(T, B, H)
             dh = k.plain_backward(dhs, dxs, hbuf, Wc, ctx.family == "rnn_relu")
             dg = dxs

@@ -103,9 +103,8 @@ def recurrence_backend(model, device=None) -> str:
     if uses_norm_cells(model):
         return backend(device)
     rec = [m for m in model.modules() if isinstance(m, FusedRecurrence)]
-    on_cpu = device is None or torch.device(device).type == "cpu"
-    if rec and rec[0].family in NATIVE_FAMILIES and on_cpu and enabled() and _STATE.get("mod") is not None \
-            and next(rec[0].parameters()).dtype == torch.float32:
+    # the recurrence's own test, on its weights (built or loaded when it was constructed on the CPU)
+    if rec and _STATE.get("mod") is not None and rec[0].native(next(rec[0].parameters())):
         return "native-" + _flags()[0]
     return "torch"
 
