@@ -23,28 +23,51 @@ GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 
 class _InputProj(torch.autograd.Function):
-    """x @ W^T (F.linear without bias) whose weight gradient is computed as (x^T g)^T.
+    """x @ W^T (+ b): the input terms of every step in one product, with a backward that suits the
+    tasks' few input features (n_in = 2 for adding, up to 10 here).
 
-    F.linear's backward computes g^T x: with the few input features of these tasks (n_in = 2 for
-    adding) that matrix product, (G, T*B) @ (T*B, n_in), runs at a fraction of the speed of the
-    transposed form (n_in, T*B) @ (T*B, G) on CPU (at T=1000, B=64, G=256: 84 ms against 15 ms
-    here) and grew faster than T; it was the largest single cost of the normalized cells'
-    backward at T=1000."""
+    On the CPU in float32 with the native kernel and at most `NATIVE_PROJ_MAX_IN` input features,
+    forward and backward are one pass each over the (T*B, G) block (normlstm.cpp's proj_forward /
+    proj_backward: the output written once with its bias; dW and db summed in one read of the
+    gradient): ATen's product with K = 2 runs far below memory speed (T=1000, B=64, G=256: 15 ms
+    each way, and the bias's add and sum another 7-10 ms). Otherwise (F.linear's backward computes
+    g^T x, which with few input features ran at a fraction of the speed of the transposed form --
+    84 ms against 15 ms at that size -- and grew faster than T) the weight gradient is (x^T g)^T."""
 
     @staticmethod
-    def forward(ctx, x, W):
-        ctx.save_for_backward(x, W)
-        return F.linear(x, W)
+    def forward(ctx, x, W, b=None):
+        k = native_kernel_for(x) if W.shape[1] <= NATIVE_PROJ_MAX_IN else None
+        ctx.native = k is not None
+        ctx.has_bias = b is not None
+        if k is None:
+            ctx.save_for_backward(x, W)
+            return F.linear(x, W, b)
+        xc = x.contiguous()
+        ctx.save_for_backward(xc, W)
+        out = x.new_empty(*x.shape[:-1], W.shape[0])
+        k.proj_forward(xc.view(-1, W.shape[1]), W.t().contiguous(), b, out.view(-1, W.shape[0]))
+        return out
 
     @staticmethod
     def backward(ctx, g):
         x, W = ctx.saved_tensors
         n_in, G = W.shape[1], W.shape[0]
         gx = torch.matmul(g, W) if ctx.needs_input_grad[0] else None
-        gW = None
-        if ctx.needs_input_grad[1]:
-            gW = torch.mm(x.reshape(-1, n_in).t(), g.reshape(-1, G)).t().contiguous()
-        return gx, gW
+        gW = gb = None
+        want_w, want_b = ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+        if ctx.native and (want_w or want_b):
+            dWt, db = W.new_empty(n_in, G), (W.new_empty(G) if ctx.has_bias else None)
+            native.kernel().proj_backward(g.contiguous().view(-1, G), x.view(-1, n_in), dWt, db)
+            gW, gb = (dWt.t().contiguous() if want_w else None), (db if want_b else None)
+        else:
+            if want_w:
+                gW = torch.mm(x.reshape(-1, n_in).t(), g.reshape(-1, G)).t().contiguous()
+            if want_b:
+                gb = g.reshape(-1, G).sum(0)
+        return gx, gW, gb
+
+
+NATIVE_PROJ_MAX_IN = 16  # input features up to which _InputProj runs the native kernel's one-pass form
 
 
 def _chunks(T: int, k: Optional[int]):
@@ -222,7 +245,7 @@ class FusedRecurrence(Recurrence):
         B, T, _ = x.shape
         gru = self.family == "gru"
         # time-major input terms, one matrix product for all steps (the RNNs fold b_hh in)
-        xs = _InputProj.apply(x.transpose(0, 1), self.w_ih) + (self.b_ih if gru else self.b_ih + self.b_hh)
+        xs = _InputProj.apply(x.transpose(0, 1), self.w_ih, self.b_ih if gru else self.b_ih + self.b_hh)
         h = x.new_zeros(B, self.hidden)
         outs = []
         grad = torch.is_grad_enabled()
@@ -323,12 +346,13 @@ class NormRecurrence(Recurrence):
     # -----------------------------------------------------------------------------------
     def _input_term(self, x, raw: bool = False):
         """The input term of every step, time-major (T, B, G): normalized W_x x + b; for ln_rnn
-        (or raw=True: bn_lstm on the native kernel, which normalizes it per step itself) the raw
+        (or raw=True: bn_lstm / ln_lstm on the native kernel, which normalizes it per step) the raw
         W_x x. Layer norm works on the time-major layout directly; batch norm's per-step
         statistics need (B, T*G), then a view."""
         G = self.w_hh.shape[0]
         if raw:
-            self._check_steps(x.shape[1])
+            if self.norm == "bn":
+                self._check_steps(x.shape[1])
             return _InputProj.apply(x.transpose(0, 1), self.w_ih)
         if self.norm == "bn":
             return self._bn_seq(_InputProj.apply(x, self.w_ih), "x", self.gain_x, self.bias).transpose(0, 1)
@@ -345,7 +369,7 @@ class NormRecurrence(Recurrence):
         frozen = self.training and not self.update_stats
         bn = self.norm == "bn"
         lstm = self.family == "lstm"
-        fold = bn and lstm and native_kernel_for(x) is not None  # the kernel normalizes the input term itself
+        fold = lstm and native_kernel_for(x) is not None  # the kernel normalizes the input term itself
         xs = self._input_term(x, raw=fold)  # (T, B, G)
         stats = {f"{r}_{w}": None if not bn or frozen else getattr(self, f"{r}_{w}") for r in ("rm", "rv")
                  for w in ("h", "c", "x")}

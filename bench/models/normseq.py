@@ -100,7 +100,7 @@ class NormSeq(torch.autograd.Function):
             scale = torch.ones(G, dtype=xs.dtype, device=xs.device)
             scale[2 * H:3 * H] = 2
             ctx.native = native_kernel_for(xs)
-            fold = gain_x is not None  # bn_lstm, native kernel: xs is W_x x, normalized in the kernel
+            fold = gain_x is not None  # native kernel: xs is W_x x, normalized in the kernel by the cell's norm
             if fold and ctx.native is None:
                 raise RuntimeError("NormSeq: gain_x (the input norm folded into the loop) needs the native kernel")
             if fold:
