@@ -79,6 +79,22 @@ def _chunks(T: int, k: Optional[int]):
     return [(s, e) for s, e in zip(starts, starts[1:] + [T])]
 
 
+def _over_chunks(xs, tbptt, no_grad_before, state, chunk):
+    """Run `chunk(start, xs_chunk, state) -> (hs, state)` over the truncation chunks of the time-major
+    input terms xs (T, B, G): each chunk from the previous one's final state detached (no gradient
+    crosses a boundary), chunks that start before `no_grad_before` without autograd. Returns the
+    hidden states batch-major (B, T, H)."""
+    T = xs.shape[0]
+    outs = []
+    grad = torch.is_grad_enabled()
+    for s, e in _chunks(T, tbptt):
+        with torch.set_grad_enabled(grad and s >= no_grad_before):
+            # the whole sequence unsliced: a slice's backward zero-fills and copies a (T, B, G) buffer
+            hs, state = chunk(s, xs if (s, e) == (0, T) else xs[s:e], tuple(t.detach() for t in state))
+        outs.append(hs)
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, 0)).transpose(0, 1)
+
+
 def is_boundary(t: int, T: int, k: Optional[int]) -> bool:
     """Is the state detached before step t (truncation boundaries counted from the end)?"""
     return bool(k) and 0 < t < T and (T - t) % k == 0
@@ -242,20 +258,16 @@ class FusedRecurrence(Recurrence):
         return torch.cat(outs, 1)
 
     def _native_forward(self, x, tbptt, no_grad_before):
-        B, T, _ = x.shape
+        B = x.shape[0]
         gru = self.family == "gru"
         # time-major input terms, one matrix product for all steps (the RNNs fold b_hh in)
         xs = _InputProj.apply(x.transpose(0, 1), self.w_ih, self.b_ih if gru else self.b_ih + self.b_hh)
-        h = x.new_zeros(B, self.hidden)
-        outs = []
-        grad = torch.is_grad_enabled()
-        for s, e in _chunks(T, tbptt):
-            with torch.set_grad_enabled(grad and s >= no_grad_before):
-                hs = NativeSeq.apply(self.family, xs if (s, e) == (0, T) else xs[s:e], h.detach(), self.w_hh,
-                                     self.b_hh if gru else None)
-            outs.append(hs)
-            h = hs[-1]
-        return (outs[0] if len(outs) == 1 else torch.cat(outs, 0)).transpose(0, 1)
+
+        def chunk(s, xc, state):
+            hs = NativeSeq.apply(self.family, xc, state[0], self.w_hh, self.b_hh if gru else None)
+            return hs, (hs[-1],)
+
+        return _over_chunks(xs, tbptt, no_grad_before, (x.new_zeros(B, self.hidden),), chunk)
 
     def loop(self, x, tbptt=None, probes: Optional[List[torch.Tensor]] = None, gates: Optional[list] = None):
         """The cell-loop twin of `forward`, on the same weights."""
@@ -364,8 +376,7 @@ class NormRecurrence(Recurrence):
     def forward(self, x, tbptt=None, no_grad_before: int = 0):
         """The training path: one NormSeq call (hand-written backward) per truncation chunk;
         chunks that start before `no_grad_before` run without autograd."""
-        B, T, _ = x.shape
-        H = self.hidden
+        B, H = x.shape[0], self.hidden
         frozen = self.training and not self.update_stats
         bn = self.norm == "bn"
         lstm = self.family == "lstm"
@@ -375,20 +386,14 @@ class NormRecurrence(Recurrence):
                  for w in ("h", "c", "x")}
         cfg = dict(family=self.family, norm=self.norm, eps=self.eps, momentum=self.momentum,
                    training=self.training, max_steps=self.max_steps, **stats)
-        h = x.new_zeros(B, H)
-        c = x.new_zeros(B, H)
         gain_c_bias = (self.gain_c, self.bias_c) if lstm else (None, None)
-        outs = []
-        grad = torch.is_grad_enabled()
-        for s, e in _chunks(T, tbptt):
-            with torch.set_grad_enabled(grad and s >= no_grad_before):
-                # the whole sequence unsliced: a slice's backward zero-fills and copies a (T, B, G) buffer
-                hs, c = NormSeq.apply(dict(cfg, t0=s), xs if (s, e) == (0, T) else xs[s:e], h.detach(), c.detach(), self.w_hh,
-                                      self.gain_h, self.bias if not lstm or fold else None, *gain_c_bias,
-                                      self.gain_x if fold else None)
-            outs.append(hs)
-            h = hs[-1]
-        return (outs[0] if len(outs) == 1 else torch.cat(outs, 0)).transpose(0, 1)
+
+        def chunk(s, xc, state):
+            hs, c = NormSeq.apply(dict(cfg, t0=s), xc, *state, self.w_hh, self.gain_h,
+                                  self.bias if not lstm or fold else None, *gain_c_bias, self.gain_x if fold else None)
+            return hs, (hs[-1], c)
+
+        return _over_chunks(xs, tbptt, no_grad_before, (x.new_zeros(B, H), x.new_zeros(B, H)), chunk)
 
     def loop(self, x, tbptt=None, probes=None, gates=None, no_grad_before: int = 0):
         B, T, _ = x.shape
