@@ -37,6 +37,10 @@ BASELINE = ROOT / "perf" / "baseline.json"
 BASELINE_CUDA = ROOT / "perf" / "baseline-cuda.json"
 REPORT = ROOT / "perf" / "last_results.md"
 DEFAULT_TOL = 0.25
+BASELINE_ABOUT = ("Ratios of medians measured within one run (see perf/README.md); perf/check.py fails when a ratio "
+                  "exceeds baseline * (1 + tolerance) twice in a row. 'measured' is the latest run written into it; "
+                  "'history' lists every save, oldest first, and how its ratios entered (perf/README.md, 'Measured "
+                  "on this machine', has the runs).")
 
 
 def load(path) -> dict:
@@ -179,8 +183,8 @@ def main(argv=None) -> int:
     ap.add_argument("--replace", action="store_true", help="with --save-baseline: drop the keys not in the result")
     ap.add_argument("--keep-larger", action="store_true",
                     help="with --save-baseline: keep, per ratio, the larger of the baseline's and the result's (a "
-                         "baseline that holds on several machines, whose CPUs favour different kernels; the "
-                         "earlier measurement is kept under measured.before)")
+                         "baseline that holds on several machines, whose CPUs favour different kernels; every save "
+                         "is listed under history)")
     ap.add_argument("--keys-matching", metavar="REGEX", default=None,
                     help="with --save-baseline: write only the result's ratios whose key matches REGEX (Python re, "
                          "searched), replacing their values; the other keys keep theirs (re-baseline the mitigations "
@@ -255,32 +259,33 @@ def main(argv=None) -> int:
         for k, v in cur.items():
             new[k] = round(max(v["value"], old[k]) if a.keep_larger and k in old else v["value"], 4)
         mi = data.get("machine_info", {})
-        about = ("Ratios of medians measured within one run (see perf/README.md); perf/check.py fails when "
-                 "a ratio exceeds baseline * (1 + tolerance) twice in a row.")
+        measured = {"date": datetime.date.today().isoformat(),
+                    "commit": data.get("commit_info", {}).get("id"),
+                    "timer": timer_of(data),
+                    "malloc": malloc_of(data),
+                    "device": dev,
+                    "device_name": extra_of(data, "device_name"),
+                    "cpu": (mi.get("cpu") or {}).get("brand_raw"),
+                    "quick": os.environ.get("BENCH_PERF_QUICK", ""),
+                    "note": "2 shared CPU cores, noisy; torch.set_num_threads(1)" if dev == "cpu"
+                            else "GPU; torch.set_num_threads(1) on the host"}
         if a.keys_matching is not None:
-            about = (baseline.get("about") or about) + (
-                f" {datetime.date.today().isoformat()}: {len(cur)} ratios matching {a.keys_matching!r} replaced by "
-                "the 'measured' run's ('measured.before' the baseline they were written into).")
-        if a.keep_larger:
+            how = f"--keys-matching {a.keys_matching!r}: {len(cur)} ratios replaced, the other {len(new) - len(cur)} kept"
+        elif a.keep_larger:
             raised = sum(1 for k, v in cur.items() if k in old and v["value"] > old[k])
-            about = (baseline.get("about") or about) + (
-                f" {datetime.date.today().isoformat()}: merged with --keep-larger ({raised} of {len(cur)} ratios "
-                "raised; 'measured' is that run, 'measured.before' the baseline it was merged into).")
+            how = f"--keep-larger: {raised} of {len(cur)} ratios raised, the rest kept"
+        else:
+            how = f"{'--replace' if a.replace else 'saved'}: {len(cur)} ratios written" + (
+                "" if a.replace or not old else f", {len(new) - len(cur)} other keys kept")
+        # one entry per save, oldest first: what was measured where, and how it entered the baseline
+        history = list(baseline.get("history") or []) if (old and not a.replace) else []
+        history.append({"date": measured["date"], "commit": (measured["commit"] or "?")[:10],
+                        "cpu": measured["cpu"], "quick": bool(measured["quick"]), "how": how})
         baseline = {
-            "about": about,
+            "about": BASELINE_ABOUT,
             "tolerance": tol,
-            "measured": {"date": datetime.date.today().isoformat(),
-                         "commit": data.get("commit_info", {}).get("id"),
-                         "timer": timer_of(data),
-                         "malloc": malloc_of(data),
-                         "device": dev,
-                         "device_name": extra_of(data, "device_name"),
-                         "cpu": (mi.get("cpu") or {}).get("brand_raw"),
-                         "quick": os.environ.get("BENCH_PERF_QUICK", ""),
-                         "note": "2 shared CPU cores, noisy; torch.set_num_threads(1)" if dev == "cpu"
-                                 else "GPU; torch.set_num_threads(1) on the host",
-                         **({"before": baseline.get("measured")}
-                            if (a.keep_larger or a.keys_matching is not None) and baseline.get("measured") else {})},
+            "measured": measured,
+            "history": history,
             "ratios": dict(sorted(new.items())),
         }
         bpath.write_text(json.dumps(baseline, indent=1) + "\n")

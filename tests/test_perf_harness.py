@@ -134,7 +134,7 @@ def test_check_fails_on_a_regressed_ratio_and_passes_within_tolerance(tmp_path):
 
 def test_save_baseline_keep_larger_keeps_the_larger_ratio_of_each_key(tmp_path):
     """A baseline that holds on two machines of one kind: per ratio the larger of the two runs;
-    the first run's 'measured' entry is kept under 'measured.before'."""
+    every save is listed under 'history', oldest first, with how its ratios entered."""
     base = tmp_path / "base.json"
     (tmp_path / "a.json").write_text(json.dumps(_bench_json(0.020)))   # 2.0
     (tmp_path / "b.json").write_text(json.dumps(_bench_json(0.030)))   # 3.0 on the other machine
@@ -143,12 +143,17 @@ def test_save_baseline_keep_larger_keeps_the_larger_ratio_of_each_key(tmp_path):
     first = json.loads(base.read_text())["measured"]
     assert _check(tmp_path, tmp_path / "b.json", "--save-baseline", "--keep-larger", "--baseline", base).returncode == 0
     saved = json.loads(base.read_text())
-    assert saved["ratios"]["step/h64-T100/bn_lstm"] == 3.0 and saved["measured"]["before"] == first
-    assert "--keep-larger (1 of 2 ratios raised" in saved["about"]  # bn_lstm raised, lstm (the reference) not
+    assert saved["ratios"]["step/h64-T100/bn_lstm"] == 3.0 and saved["measured"]["date"] == first["date"]
+    assert "before" not in saved["measured"] and saved["about"] == json.loads(base.read_text())["about"]
+    assert [h["how"] for h in saved["history"]] == ["saved: 2 ratios written",
+                                                    "--keep-larger: 1 of 2 ratios raised, the rest kept"]  # bn_lstm raised, lstm (the reference) not
     assert _check(tmp_path, tmp_path / "c.json", "--save-baseline", "--keep-larger", "--baseline", base).returncode == 0
     assert json.loads(base.read_text())["ratios"]["step/h64-T100/bn_lstm"] == 3.0  # not lowered
     assert _check(tmp_path, tmp_path / "c.json", "--save-baseline", "--baseline", base).returncode == 0
     assert json.loads(base.read_text())["ratios"]["step/h64-T100/bn_lstm"] == 1.5  # a plain save replaces
+    assert len(json.loads(base.read_text())["history"]) == 4
+    assert _check(tmp_path, tmp_path / "c.json", "--save-baseline", "--replace", "--baseline", base).returncode == 0
+    assert [h["how"] for h in json.loads(base.read_text())["history"]] == ["--replace: 2 ratios written"]
     r = _check(tmp_path, tmp_path / "c.json", "--save-baseline", "--keep-larger", "--replace", "--baseline", base)
     assert r.returncode == 2 and "exclude each other" in r.stderr
 
@@ -165,7 +170,8 @@ def test_save_baseline_keys_matching_replaces_only_those_keys(tmp_path):
     assert r.returncode == 0, r.stderr
     saved = json.loads(base.read_text())
     assert saved["ratios"] == {"step/h64-T100/bn_lstm": 1.5, "step/h64-T100/lstm": 1.0}  # lstm kept, not 1.2
-    assert saved["measured"]["before"] == first and "1 ratios matching '/bn_' replaced" in saved["about"]
+    assert saved["history"][-1]["how"] == "--keys-matching '/bn_': 1 ratios replaced, the other 1 kept"
+    assert len(saved["history"]) == 2 and saved["history"][0]["commit"] == (first["commit"] or "?")[:10]
     r = _check(tmp_path, tmp_path / "b.json", "--save-baseline", "--keys-matching", "/gru", "--baseline", base)
     assert r.returncode == 2 and "no ratio of" in r.stderr and "baseline unchanged" in r.stderr
     r = _check(tmp_path, tmp_path / "b.json", "--save-baseline", "--keys-matching", "(", "--baseline", base)
