@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -32,9 +33,11 @@ def test_settle_gives_up_after_max_rounds_while_memory_keeps_growing(monkeypatch
     monkeypatch.setattr(runtime, "MALLOC_MODE", "pinned")
     kept = []
 
-    def grow():  # fresh pages every call: 16 MiB kept and touched
-        b = bytearray(16 << 20)
-        b[::4096] = b"\x01" * len(b[::4096])
+    def grow():  # fresh pages every call: 16 MiB mapped from the OS (not from the heap, which earlier
+        # tests may have left with free pages to reuse), kept and touched
+        b = mmap.mmap(-1, 16 << 20)
+        for i in range(0, len(b), 4096):
+            b[i] = 1
         kept.append(b)
 
     assert perf.settle([grow], max_rounds=3) == 3
