@@ -17,7 +17,9 @@ class TaskData:
         self.task = task
         self.device = torch.device(device)
         xh, yh = task.heldout(heldout_size)
-        self._key_tensor = None if task.split_based else task.content_keys(xh)  # (n,) int64
+        # (n,) int64, sorted: each training batch's keys are looked up by binary search (torch.isin
+        # would sort and deduplicate both sets again every step)
+        self._key_tensor = None if task.split_based else torch.sort(task.content_keys(xh)).values
         self.heldout_x, self.heldout_y = xh.to(self.device), yh.to(self.device)
         self.baseline = task.baseline(yh)
         self.gen = generator("train", task.name, task.length, seed)
@@ -27,11 +29,16 @@ class TaskData:
         """The held-out content keys as a set (None for split-based tasks)."""
         return None if self._key_tensor is None else set(self._key_tensor.tolist())
 
+    def _in_heldout(self, keys: torch.Tensor) -> torch.Tensor:
+        """Which of `keys` are held-out keys (bool, like torch.isin(keys, held-out keys))."""
+        at = torch.searchsorted(self._key_tensor, keys).clamp_(max=self._key_tensor.numel() - 1)
+        return self._key_tensor[at] == keys
+
     def train_batch(self, n: int):
         x, y = self.task.sample(n, self.gen)
         if self._key_tensor is not None:
             for _ in range(100):
-                clash = torch.isin(self.task.content_keys(x), self._key_tensor)
+                clash = self._in_heldout(self.task.content_keys(x))
                 if not clash.any():
                     break
                 x2, y2 = self.task.sample(int(clash.sum()), self.gen)

@@ -133,6 +133,34 @@ def test_disjointness_is_exercised_on_temporal_order():
 
 
 @pytest.mark.parametrize("name", CONTENT_TASKS)
+def test_content_keys_equal_the_float64_formula(name, short_length):
+    """The keys are computed in the batch's own dtype; they must equal round(x * 2^16) taken in
+    float64 (the definition), so that the training stream stays what it was."""
+    task = make_task(name, short_length(name))
+    x = task.sample(50, generator("keys-check"))[0]
+    q = torch.round(x.reshape(50, -1).double() * 65536).long()
+    got = task.content_keys(x)  # draws the key weights on first use
+    ref = (q * task._key_weights).sum(1)
+    assert got.dtype == torch.int64 and torch.equal(got, ref)
+    assert torch.equal(task.content_keys(x.double()), ref)
+
+
+def test_heldout_lookup_equals_isin():
+    """TaskData's binary search over the sorted held-out keys answers as torch.isin does: keys
+    below the smallest, above the largest, between two, equal to the first and the last, repeated."""
+    task = make_task("temporal_order", 10)
+    data = TaskData(task, seed=0, heldout_size=300)
+    held = data._key_tensor
+    assert torch.equal(held, torch.sort(held).values)
+    g = generator("lookup-check")
+    probe = torch.cat([held[:1], held[-1:], held[5:40:3], held[7:8].repeat(3),
+                       torch.randint(-(2**62), 2**62, (200,), generator=g), held[:1] - 1, held[-1:] + 1])
+    want = torch.isin(probe, held)
+    assert want.any() and not want.all()
+    assert torch.equal(data._in_heldout(probe), want)
+
+
+@pytest.mark.parametrize("name", CONTENT_TASKS)
 def test_train_batch_redraws_heldout_duplicates(name, monkeypatch, short_length):
     task = make_task(name, short_length(name))
     data = TaskData(task, seed=0, heldout_size=64)

@@ -104,12 +104,14 @@ class Task:
         """An exact int64 hash per sequence (identical content -> identical key), used to keep
         training batches disjoint from the held-out set."""
         n = x.shape[0]
-        q = torch.round(x.reshape(n, -1).double() * 65536).long()  # (n, L*C)
+        # x * 2^16 is exact in x's own dtype (a power-of-two scale), so rounding it there gives the
+        # same integers as in float64, without a float64 copy of the batch
+        q = (x.reshape(n, -1) * 65536).round_().long()  # (n, L*C)
         if not hasattr(self, "_key_weights") or self._key_weights.shape[0] != q.shape[1]:
             g = generator("key-weights", self.name, self.length)
             w = torch.randint(-(2**62), 2**62, (q.shape[1],), generator=g, dtype=torch.long)
             self._key_weights = w | 1
-        return (q * self._key_weights.to(q.device)).sum(1)  # int64 wrap-around is exact
+        return q.mul_(self._key_weights.to(q.device)).sum(1)  # int64 wrap-around is exact
 
     def describe(self) -> dict:
         return {
