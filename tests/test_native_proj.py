@@ -111,6 +111,28 @@ def test_ln_lstm_normalizes_its_input_term_inside_the_kernel(kernel, monkeypatch
         m(x)
 
 
+@pytest.mark.parametrize("family", ["rnn_tanh", "lstm"])
+def test_bn_cells_normalize_their_input_term_inside_the_kernel(kernel, monkeypatch, family):
+    """bn_rnn and bn_lstm: no (B, T*G) batch norm outside the kernel, forward or backward; the
+    running statistics of the input term move, in the kernel (the comparison with the TorchScript /
+    Python loops in tests/test_normseq_native.py checks the values)."""
+    m = _init(NormRecurrence(family, "bn", 2, 8, 20))
+    x = torch.randn(3, 20, 2, generator=torch.Generator().manual_seed(1))
+    rm_x = m.rm_x.clone()
+
+    def refuse(*a, **k):
+        raise AssertionError("F.batch_norm called outside the kernel")
+
+    monkeypatch.setattr(cells.F, "batch_norm", refuse)
+    m(x).sum().backward()
+    assert m.gain_x.grad is not None and m.gain_x.grad.abs().sum() > 0
+    assert m.bias.grad is not None and m.bias.grad.abs().sum() > 0
+    assert not torch.equal(m.rm_x, rm_x)
+    monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", "0")  # without the kernel, the batch norm outside
+    with pytest.raises(AssertionError, match="outside the kernel"):
+        m(x)
+
+
 def test_ln_lstm_longer_than_max_steps_runs_on_the_kernel(kernel):
     """Layer norm keeps no per-step statistics: unlike bn_lstm, any length runs (folded or not)."""
     m = _init(NormRecurrence("lstm", "ln", 2, 4, 5))

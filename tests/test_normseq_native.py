@@ -286,11 +286,13 @@ def test_train_records_which_loops_ran(kernel):
 
 
 @pytest.mark.parametrize("native_on", ["1", "0"])
-def test_bn_lstm_longer_than_its_statistics_is_refused_on_either_path(monkeypatch, native_on):
-    """bn_lstm's input-term batch norm keeps statistics for max_steps steps; the native kernel
-    (which normalizes the input term itself) refuses longer sequences as the other path does."""
+@pytest.mark.parametrize("family", ["lstm", "rnn_tanh"])
+def test_bn_cells_longer_than_their_statistics_are_refused_on_either_path(monkeypatch, native_on, family):
+    """bn_lstm's and bn_rnn's input-term batch norm keeps statistics for max_steps steps; the
+    native kernel (which normalizes the input term itself) refuses longer sequences as the other
+    path does."""
     monkeypatch.setenv("BENCH_NORMSEQ_NATIVE", native_on)
-    m = NormRecurrence("lstm", "bn", 2, 8, 5)
+    m = NormRecurrence(family, "bn", 2, 8, 5)
     with pytest.raises(ValueError, match="sequence of 7 steps longer than max_steps=5"):
         m(torch.zeros(3, 7, 2))
 

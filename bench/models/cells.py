@@ -358,8 +358,8 @@ class NormRecurrence(Recurrence):
     # -----------------------------------------------------------------------------------
     def _input_term(self, x, raw: bool = False):
         """The input term of every step, time-major (T, B, G): normalized W_x x + b; for ln_rnn
-        (or raw=True: bn_lstm / ln_lstm on the native kernel, which normalizes it per step) the raw
-        W_x x. Layer norm works on the time-major layout directly; batch norm's per-step
+        (or raw=True: bn_lstm / ln_lstm / bn_rnn on the native kernel, which normalizes it per
+        step) the raw W_x x. Layer norm works on the time-major layout directly; batch norm's per-step
         statistics need (B, T*G), then a view."""
         G = self.w_hh.shape[0]
         if raw:
@@ -380,7 +380,8 @@ class NormRecurrence(Recurrence):
         frozen = self.training and not self.update_stats
         bn = self.norm == "bn"
         lstm = self.family == "lstm"
-        fold = lstm and native_kernel_for(x) is not None  # the kernel normalizes the input term itself
+        # the kernel normalizes the input term itself (every cell with an input norm: not ln_rnn)
+        fold = (lstm or bn) and native_kernel_for(x) is not None
         xs = self._input_term(x, raw=fold)  # (T, B, G)
         stats = {f"{r}_{w}": None if not bn or frozen else getattr(self, f"{r}_{w}") for r in ("rm", "rv")
                  for w in ("h", "c", "x")}

@@ -397,11 +397,20 @@ std::vector<Tensor> backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor hbuf, Ten
 // Fills hbuf[1:], vin (the norm's input), sig (sigmoid(2 pre)); returns (mean, rstd).
 std::vector<Tensor> rnn_forward(Tensor xs, Tensor hbuf, Tensor vin, Tensor sig, Tensor Wt, bool ln, Tensor w2,
                                 optional<Tensor> b2, double eps, bool training, double momentum,
-                                optional<Tensor> rm, optional<Tensor> rv, int64_t t0, int64_t last) {
+                                optional<Tensor> rm, optional<Tensor> rv, int64_t t0, int64_t last,
+                                optional<Tensor> gx2, optional<Tensor> bx2, optional<Tensor> rm_x,
+                                optional<Tensor> rv_x) {
   const int64_t T = xs.size(0), B = xs.size(1), H = xs.size(2);
   for (auto* p : {&xs, &hbuf, &vin, &sig, &w2}) check(*p, "a buffer");
   const int64_t n = ln ? B : H;
   Tensor mean = xs.new_empty({T, n}), rstd = xs.new_empty({T, n});
+  // bn_rnn with its input norm folded: xs is the raw W_x x, batch-normalized here per step (gain
+  // and bias doubled like w2; running statistics rm_x / rv_x) instead of a (B, T*H) batch norm
+  // and a doubling pass outside
+  const bool fold = gx2.has_value() && gx2->defined();
+  TORCH_CHECK(!(fold && ln), "normlstm: ln_rnn has no input norm to fold");
+  Tensor mx = xs.new_empty({fold ? T : 0, H}), sx = xs.new_empty({fold ? T : 0, H});
+  std::vector<float> xn(fold ? B * H : 0);
   const float* w = w2.data_ptr<float>();
   const float* b = b2.has_value() && b2->defined() ? b2->data_ptr<float>() : nullptr;
   const float* X = xs.data_ptr<float>();
@@ -414,9 +423,21 @@ std::vector<Tensor> rnn_forward(Tensor xs, Tensor hbuf, Tensor vin, Tensor sig, 
     gemm_rows(B, Hb + t * B * H, Wm, ln ? 1.f : 0.f, vt);
     float *m = mean.data_ptr<float>() + t * n, *r = rstd.data_ptr<float>() + t * n;
     norm_stats(ln, vt, B, H, training, momentum, eps, rows_of(rm, i), rows_of(rv, i), m, r);
+    const float* xt = X + t * B * H;
+    if (fold) {
+      float *m0 = mx.data_ptr<float>() + t * H, *s0 = sx.data_ptr<float>() + t * H;
+      norm_stats(false, xt, B, H, training, momentum, eps, rows_of(rm_x, i), rows_of(rv_x, i), m0, s0);
+      const float *g0 = gx2->data_ptr<float>(), *b0 = bx2->data_ptr<float>();
+      for (int64_t k = 0; k < B; ++k) {
+        const float* __restrict xr = xt + k * H;
+        float* __restrict o = xn.data() + k * H;
+        for (int64_t d = 0; d < H; ++d) o[d] = (xr[d] - m0[d]) * s0[d] * g0[d] + b0[d];
+      }
+      xt = xn.data();
+    }
     for (int64_t k = 0; k < B; ++k) {
       const float* __restrict vr = vt + k * H;
-      const float* __restrict xr = X + (t * B + k) * H;
+      const float* __restrict xr = xt + k * H;
       float* __restrict sr = S + (t * B + k) * H;
       float* __restrict hr = Hb + ((t + 1) * B + k) * H;
       if (ln) {
@@ -428,16 +449,21 @@ std::vector<Tensor> rnn_forward(Tensor xs, Tensor hbuf, Tensor vin, Tensor sig, 
       for (int64_t d = 0; d < H; ++d) hr[d] = sr[d] * 2.f - 1.f;
     }
   }
-  return {mean, rstd};
+  return {mean, rstd, mx, sx};
 }
 
 // Fills dv (of the norm's input; for ln it is dxs itself) and, for bn, dxs; returns dh (of h0),
-// dgain and dbias (ln; empty for bn). w: the norm's own (undoubled) gain.
+// dgain and dbias (ln; empty for bn), and the folded input norm's dgain_x, dbias (empty without
+// it). w: the norm's own (undoubled) gain; xs / gx: the raw input term and the undoubled gain_x
+// when folded (dxs then becomes the gradient of the raw W_x x), else None.
 std::vector<Tensor> rnn_backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor vin, Tensor W, Tensor sig, bool ln,
-                                 Tensor w, bool training, Tensor mean, Tensor rstd) {
+                                 Tensor w, bool training, Tensor mean, Tensor rstd, Tensor mx, Tensor sx,
+                                 optional<Tensor> xs, optional<Tensor> gx) {
   const int64_t T = dhs.size(0), B = dhs.size(1), H = dhs.size(2);
   for (auto* p : {&dhs, &dxs, &dv, &vin, &sig, &w, &mean, &rstd}) check(*p, "a buffer");
   const int64_t n = mean.size(1);
+  const bool fold = gx.has_value() && gx->defined();
+  Tensor dgx = fold ? at::zeros_like(*gx) : w.new_empty({0}), dbx = fold ? at::zeros_like(*gx) : w.new_empty({0});
   Tensor dgain = at::zeros_like(w), dbias = ln ? at::zeros_like(w) : w.new_empty({0});
   Tensor dh = dhs.new_zeros({B, H});
   std::vector<float> gn(B * H), ta(H), tb(H);
@@ -454,9 +480,13 @@ std::vector<Tensor> rnn_backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor vin, 
     norm_backward(ln, training, g, V + t * B * H, w.data_ptr<float>(), mean.data_ptr<float>() + t * n,
                   rstd.data_ptr<float>() + t * n, B, H, DV + t * B * H, dgain.data_ptr<float>(),
                   ln ? dbias.data_ptr<float>() : nullptr, ta.data(), tb.data());
+    if (fold)  // the input term's batch norm, in place: dxs becomes the gradient of W_x x
+      norm_backward(false, training, g, xs->data_ptr<float>() + t * B * H, gx->data_ptr<float>(),
+                    mx.data_ptr<float>() + t * H, sx.data_ptr<float>() + t * H, B, H, g, dgx.data_ptr<float>(),
+                    dbx.data_ptr<float>(), ta.data(), tb.data());
     gemm_rows(B, DV + t * B * H, Wm, 0.f, DH);
   }
-  return {dh, dgain, dbias};
+  return {dh, dgain, dbias, dgx, dbx};
 }
 
 // The plain recurrences that nn.RNN / nn.GRU run on the CPU as one autograd node per operation

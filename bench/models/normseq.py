@@ -69,7 +69,9 @@ class NormSeq(torch.autograd.Function):
     """hs, c_last = NormSeq.apply(cfg, xs, h0, c0, W_hh, gain_h, bias, gain_c, bias_c)
 
     xs (T, B, G): the (already normalized, biased) input term of every step -- for ln_rnn the raw
-    projection W_x x_t, normalized together with W_h h inside the step. Returns hs (T, B, H) and
+    projection W_x x_t, normalized together with W_h h inside the step; with gain_x (the native
+    kernel: bn_lstm, ln_lstm, bn_rnn) the raw W_x x_t, normalized per step in the kernel with
+    gain_x and bias. Returns hs (T, B, H) and
     the last cell state (LSTM; empty otherwise; no gradient flows through it: the caller detaches).
     cfg: dict(family, norm, eps, momentum, training, t0, max_steps, rm_h, rv_h, rm_c, rv_c);
     t0 is the time index of xs[0] (per-step batch-norm statistics when called per chunk).
@@ -126,12 +128,17 @@ class NormSeq(torch.autograd.Function):
             c_last = cbuf[T]
         else:
             ctx.native = native_kernel_for(xs)
-            xs = xs.contiguous() if ln_rnn else torch.mul(xs, 2, out=new(T, B, G))
+            fold = gain_x is not None  # bn_rnn on the native kernel: xs is W_x x, batch-normalized in the kernel
+            if fold and (ctx.native is None or ln_rnn):
+                raise RuntimeError("NormSeq: gain_x (bn_rnn's input norm folded into the loop) needs the native kernel")
+            xs = xs.contiguous() if ln_rnn or fold else torch.mul(xs, 2, out=new(T, B, G))
             sig = new(T, B, H)  # sigmoid(2 pre)
+            ctx.fold = (xs, gain_x) if fold else (None, None)
             if ctx.native is not None:
-                ctx.sa, ctx.sb = ctx.native.rnn_forward(
+                xnorm = (gain_x * 2, bias * 2, cfg["rm_x"], cfg["rv_x"]) if fold else (None,) * 4
+                ctx.sa, ctx.sb, ctx.mx, ctx.sx = ctx.native.rnn_forward(
                     xs, hbuf, vin, sig, Wt, ln_rnn, gain_h * 2, bias * 2 if ln_rnn else None, *common,
-                    *_stats(cfg)[:2], t0, cfg["max_steps"] - 1)
+                    *_stats(cfg)[:2], t0, cfg["max_steps"] - 1, *xnorm)
                 ctx.gain_h = gain_h  # the backward's norm weight: undoubled
             else:
                 _rnn_forward_loop(xs, hbuf, vin, sig, Wt, ln_rnn, t0, ctx,
@@ -168,15 +175,19 @@ class NormSeq(torch.autograd.Function):
                 dgain_x = dbias = None
         elif ctx.native is not None:
             hbuf, vin, W, sig = ctx.saved_tensors
-            dh, dgain_h, dbias = ctx.native.rnn_backward(dhs, dxs, dv, vin, W, sig, ln_rnn, ctx.gain_h, cfg["training"],
-                                                         ctx.sa, ctx.sb)
-            dbias = dbias if ln_rnn else None
+            dh, dgain_h, dbias, dgain_x, dbias_x = ctx.native.rnn_backward(
+                dhs, dxs, dv, vin, W, sig, ln_rnn, ctx.gain_h, cfg["training"], ctx.sa, ctx.sb, ctx.mx, ctx.sx,
+                *ctx.fold)
+            # bias: ln_rnn's (inside its norm), or bn_rnn's folded input norm's
+            dbias = dbias if ln_rnn else (dbias_x if ctx.fold[1] is not None else None)
+            dgain_x = dgain_x if ctx.fold[1] is not None else None
         else:
             hbuf, vin, W, sig = ctx.saved_tensors
             nh, sa, sb = ctx.nh, ctx.sa, ctx.sb
             dhb, dxb, dvb, vb, sgb = dhs.unbind(0), dxs.unbind(0), dv.unbind(0), vin.unbind(0), sig.unbind(0)
             dgain_h = torch.zeros_like(nh.w)
             dbias = torch.zeros_like(nh.w) if ln_rnn else None
+            dgain_x = None
             maskh = [True, True, ln_rnn]
             dh = None
             for t in range(T - 1, -1, -1):
@@ -194,7 +205,7 @@ class NormSeq(torch.autograd.Function):
         if lstm:
             grads += [dc if need[3] else None, dW, dgain_h, dbias, dgain_c, dbias_c, dgain_x]
         else:
-            grads += [None, dW, dgain_h, dbias, None, None, None]
+            grads += [None, dW, dgain_h, dbias, None, None, dgain_x]
         return tuple(grads)
 
 
