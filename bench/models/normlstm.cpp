@@ -102,6 +102,23 @@ void norm_stats(bool ln, const float* x, int64_t B, int64_t D, bool training, do
 
 // dx of a normalization y = xhat * w (+ b), given gw = dy * w, the input x and its statistics;
 // also adds sum(dy * xhat) to dw and sum(dy) to db (db may be null).
+// A folded input norm's forward for one step: the statistics of the raw input term x (B, D) into
+// mean / rstd (running statistics rm / rv updated as norm_stats does), and out = norm(x) * g + b.
+void norm_input(bool ln, const float* x, int64_t B, int64_t D, bool training, double momentum, double eps,
+                float* rm, float* rv, float* mean, float* rstd, const float* g, const float* bias, float* out) {
+  norm_stats(ln, x, B, D, training, momentum, eps, rm, rv, mean, rstd);
+  for (int64_t b = 0; b < B; ++b) {
+    const float* __restrict xr = x + b * D;
+    float* __restrict o = out + b * D;
+    if (ln) {
+      const float m = mean[b], s = rstd[b];
+      for (int64_t d = 0; d < D; ++d) o[d] = (xr[d] - m) * s * g[d] + bias[d];
+    } else {
+      for (int64_t d = 0; d < D; ++d) o[d] = (xr[d] - mean[d]) * rstd[d] * g[d] + bias[d];
+    }
+  }
+}
+
 void norm_backward(bool ln, bool training, const float* dy, const float* x, const float* w, const float* mean,
                    const float* rstd, int64_t B, int64_t D, float* dx, float* dw, float* db, float* tmp_a,
                    float* tmp_b) {
@@ -269,19 +286,9 @@ std::vector<Tensor> forward(Tensor xs, Tensor hbuf, Tensor vin, Tensor act, Tens
     norm_stats(ln, vt, B, G, training, momentum, eps, rows_of(rm_h, i), rows_of(rv_h, i), m1, s1);
     const float* xt = X + t * B * G;
     if (fold) {
-      float *m0 = mx.data_ptr<float>() + t * nx, *s0 = sx.data_ptr<float>() + t * nx;
-      norm_stats(ln, xt, B, G, training, momentum, eps, rows_of(rm_x, i), rows_of(rv_x, i), m0, s0);
-      const float *g0 = gx->data_ptr<float>(), *b0 = bx->data_ptr<float>();
-      for (int64_t b = 0; b < B; ++b) {
-        const float* __restrict xr = xt + b * G;
-        float* __restrict o = xn.data() + b * G;
-        if (ln) {
-          const float m = m0[b], s = s0[b];
-          for (int64_t d = 0; d < G; ++d) o[d] = (xr[d] - m) * s * g0[d] + b0[d];
-        } else {
-          for (int64_t d = 0; d < G; ++d) o[d] = (xr[d] - m0[d]) * s0[d] * g0[d] + b0[d];
-        }
-      }
+      norm_input(ln, xt, B, G, training, momentum, eps, rows_of(rm_x, i), rows_of(rv_x, i),
+                 mx.data_ptr<float>() + t * nx, sx.data_ptr<float>() + t * nx, gx->data_ptr<float>(),
+                 bx->data_ptr<float>(), xn.data());
       xt = xn.data();
     }
     float* at_ = A + t * B * G;
@@ -425,14 +432,9 @@ std::vector<Tensor> rnn_forward(Tensor xs, Tensor hbuf, Tensor vin, Tensor sig, 
     norm_stats(ln, vt, B, H, training, momentum, eps, rows_of(rm, i), rows_of(rv, i), m, r);
     const float* xt = X + t * B * H;
     if (fold) {
-      float *m0 = mx.data_ptr<float>() + t * H, *s0 = sx.data_ptr<float>() + t * H;
-      norm_stats(false, xt, B, H, training, momentum, eps, rows_of(rm_x, i), rows_of(rv_x, i), m0, s0);
-      const float *g0 = gx2->data_ptr<float>(), *b0 = bx2->data_ptr<float>();
-      for (int64_t k = 0; k < B; ++k) {
-        const float* __restrict xr = xt + k * H;
-        float* __restrict o = xn.data() + k * H;
-        for (int64_t d = 0; d < H; ++d) o[d] = (xr[d] - m0[d]) * s0[d] * g0[d] + b0[d];
-      }
+      norm_input(false, xt, B, H, training, momentum, eps, rows_of(rm_x, i), rows_of(rv_x, i),
+                 mx.data_ptr<float>() + t * H, sx.data_ptr<float>() + t * H, gx2->data_ptr<float>(),
+                 bx2->data_ptr<float>(), xn.data());
       xt = xn.data();
     }
     for (int64_t k = 0; k < B; ++k) {
