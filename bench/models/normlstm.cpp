@@ -100,8 +100,6 @@ void norm_stats(bool ln, const float* x, int64_t B, int64_t D, bool training, do
   }
 }
 
-// dx of a normalization y = xhat * w (+ b), given gw = dy * w, the input x and its statistics;
-// also adds sum(dy * xhat) to dw and sum(dy) to db (db may be null).
 // A folded input norm's forward for one step: the statistics of the raw input term x (B, D) into
 // mean / rstd (running statistics rm / rv updated as norm_stats does), and out = norm(x) * g + b.
 void norm_input(bool ln, const float* x, int64_t B, int64_t D, bool training, double momentum, double eps,
@@ -119,6 +117,8 @@ void norm_input(bool ln, const float* x, int64_t B, int64_t D, bool training, do
   }
 }
 
+// dx of a normalization y = xhat * w (+ b), given gw = dy * w, the input x and its statistics;
+// also adds sum(dy * xhat) to dw and sum(dy) to db (db may be null).
 void norm_backward(bool ln, bool training, const float* dy, const float* x, const float* w, const float* mean,
                    const float* rstd, int64_t B, int64_t D, float* dx, float* dw, float* db, float* tmp_a,
                    float* tmp_b) {

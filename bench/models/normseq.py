@@ -98,15 +98,20 @@ class NormSeq(torch.autograd.Function):
         vin = new(T, B, G)  # input of the recurrent norm (W_h h, or x-term + W_h h)
         Wt = W.t()
         ctx.cfg, ctx.dims = cfg, (T, B, G, H, lstm, ln_rnn)
+        ctx.native = native_kernel_for(xs)
+        # gain_x: the native kernel normalizes the raw input term W_x x itself, per step, with the
+        # cell's norm (bn_lstm, ln_lstm, bn_rnn; ln_rnn has no input norm)
+        fold = gain_x is not None
+        if fold and (ctx.native is None or ln_rnn):
+            raise RuntimeError("NormSeq: gain_x (the input norm folded into the loop) needs the native kernel "
+                               "and a cell with an input norm")
+        if fold:
+            xs = xs.contiguous()  # the raw input term, read by the kernel and by its backward
+        ctx.fold = (xs, gain_x) if fold else (None, None)
         if lstm:
             scale = torch.ones(G, dtype=xs.dtype, device=xs.device)
             scale[2 * H:3 * H] = 2
-            ctx.native = native_kernel_for(xs)
-            fold = gain_x is not None  # native kernel: xs is W_x x, normalized in the kernel by the cell's norm
-            if fold and ctx.native is None:
-                raise RuntimeError("NormSeq: gain_x (the input norm folded into the loop) needs the native kernel")
             if fold:
-                xs = xs.contiguous()
                 xnorm = (gain_x * scale, bias * scale, cfg["rm_x"], cfg["rv_x"])
             else:
                 xs = torch.mul(xs, scale, out=new(T, B, G))  # contiguous (T, B, G) whatever came in
@@ -122,18 +127,13 @@ class NormSeq(torch.autograd.Function):
             else:
                 ctx.stats = _lstm_loop("forward", xs.device)(*args)
             ctx.weights = (gain_h, gain_c, bias_c)  # the backward's norms: the undoubled weights
-            ctx.fold = (xs, gain_x) if fold else (None, None)
             ctx.scale4 = scale * scale  # d/da of sigmoid(2g) -> tanh'(g): factor 4 on the g block
             ctx.save_for_backward(hbuf, vin, W, act, tg, cbuf, tcn)
             c_last = cbuf[T]
         else:
-            ctx.native = native_kernel_for(xs)
-            fold = gain_x is not None  # bn_rnn on the native kernel: xs is W_x x, batch-normalized in the kernel
-            if fold and (ctx.native is None or ln_rnn):
-                raise RuntimeError("NormSeq: gain_x (bn_rnn's input norm folded into the loop) needs the native kernel")
-            xs = xs.contiguous() if ln_rnn or fold else torch.mul(xs, 2, out=new(T, B, G))
+            if not fold:
+                xs = xs.contiguous() if ln_rnn else torch.mul(xs, 2, out=new(T, B, G))
             sig = new(T, B, H)  # sigmoid(2 pre)
-            ctx.fold = (xs, gain_x) if fold else (None, None)
             if ctx.native is not None:
                 xnorm = (gain_x * 2, bias * 2, cfg["rm_x"], cfg["rv_x"]) if fold else (None,) * 4
                 ctx.sa, ctx.sb, ctx.mx, ctx.sx = ctx.native.rnn_forward(
@@ -178,9 +178,10 @@ class NormSeq(torch.autograd.Function):
             dh, dgain_h, dbias, dgain_x, dbias_x = ctx.native.rnn_backward(
                 dhs, dxs, dv, vin, W, sig, ln_rnn, ctx.gain_h, cfg["training"], ctx.sa, ctx.sb, ctx.mx, ctx.sx,
                 *ctx.fold)
+            folded = ctx.fold[1] is not None
             # bias: ln_rnn's (inside its norm), or bn_rnn's folded input norm's
-            dbias = dbias if ln_rnn else (dbias_x if ctx.fold[1] is not None else None)
-            dgain_x = dgain_x if ctx.fold[1] is not None else None
+            dbias = dbias if ln_rnn else (dbias_x if folded else None)
+            dgain_x = dgain_x if folded else None
         else:
             hbuf, vin, W, sig = ctx.saved_tensors
             nh, sa, sb = ctx.nh, ctx.sa, ctx.sb
