@@ -124,13 +124,14 @@ def test_stack_bound(benchmark, timer, hidden, T, name):
     S x 64 (the benchmark) against S separate runs' steps at batch 64 (timed before every round,
     interleaved). See bench.perf.stack_bound_steps for why it bounds what stacking could save."""
     rounds, warmup = ROUNDS[T]
-    stacked, separate = perf.stack_bound_steps(name, T, hidden)
-    before = perf.Interleaved({"separate": separate}, warmup, timer)
+    stacked, separate, per_model = perf.stack_bound_steps(name, T, hidden)
+    before = perf.Interleaved({"separate": separate, "per_model": per_model}, warmup, timer)
     benchmark.group = f"stack bound h{hidden} T{T}"
     benchmark.extra_info.update(kind="stack_bound", name=name, hidden=hidden, T=T, batch=perf.BATCH, S=perf.STACK_S,
                                 malloc=perf.MALLOC_MODE, **perf.device_info())
     benchmark.pedantic(stacked, setup=before, rounds=rounds, warmup_rounds=warmup)
     benchmark.extra_info["separate_times"] = before.measured("separate")
+    benchmark.extra_info["per_model_times"] = before.measured("per_model")
 
 
 @pytest.mark.skipif(QUICK, reason="full mode only (1000 training steps per run)")

@@ -212,7 +212,7 @@ def test_stack_bound_steps_time_one_big_batch_against_s_separate_runs(monkeypatc
         return made[-1]
 
     monkeypatch.setattr(perf, "EngineStep", spy)
-    stacked, separate = perf.stack_bound_steps("ln_lstm", 6, 8, S=3, batch=4)
+    stacked, separate, per_model = perf.stack_bound_steps("ln_lstm", 6, 8, S=3, batch=4)
     runs = made[1:]
     assert stacked is made[0] and stacked.batch == 12
     assert [r.batch for r in runs] == [4, 4, 4] and len({float(r.params[0].detach().sum()) for r in runs}) == 3  # 3 seeds
@@ -220,14 +220,26 @@ def test_stack_bound_steps_time_one_big_batch_against_s_separate_runs(monkeypatc
     separate()
     separate()
     assert len(stacked.losses) == 1 and [len(r.losses) for r in runs] == [2, 2, 2]
+    # the per-model part: each run's forward and backward, no update, no gradient left behind
+    before = [[p.detach().clone() for p in r.params] for r in runs]
+    calls = []
+    for r in runs:
+        monkeypatch.setattr(r.model, "forward", lambda x, f=r.model.forward: calls.append(x.shape) or f(x))
+    per_model()
+    assert calls == [(4, 6, runs[0].task.n_in)] * 3
+    assert all(p.grad is None for r in runs for p in r.params)
+    assert all(torch.equal(a, p) for r, ps in zip(runs, before) for a, p in zip(ps, r.params))
+    assert [len(r.losses) for r in runs] == [2, 2, 2]
 
 
-def _stack_json(stacked_s, separate_s):
+def _stack_json(stacked_s, separate_s, per_model_s=None):
+    extra = {"kind": "stack_bound", "name": "ln_lstm", "hidden": 64, "T": 100, "batch": 64, "S": 5,
+             "malloc": "pinned", "device": "cpu", "separate_times": [separate_s] * 3}
+    if per_model_s is not None:
+        extra["per_model_times"] = [per_model_s] * 3
     return {"benchmarks": [{
         "name": "test_stack_bound[h64-T100-ln_lstm]", "fullname": "perf/test_perf.py::test_stack_bound[h64-T100-ln_lstm]",
-        "stats": {"median": stacked_s}, "options": {"timer": "process_time"},
-        "extra_info": {"kind": "stack_bound", "name": "ln_lstm", "hidden": 64, "T": 100, "batch": 64, "S": 5,
-                       "malloc": "pinned", "device": "cpu", "separate_times": [separate_s] * 3}}]}
+        "stats": {"median": stacked_s}, "options": {"timer": "process_time"}, "extra_info": extra}]}
 
 
 @pytest.mark.parametrize("stacked_s,verdict", [(0.08, "could save"), (0.10, "no gain"), (0.12, "no gain")])
@@ -237,6 +249,15 @@ def test_stack_bound_is_reported_as_a_measurement_not_a_target(stacked_s, verdic
     assert rows[0]["target"] == "T5 bound S=5" and rows[0]["value"] == pytest.approx(stacked_s / 0.10)
     assert rows[0]["verdict"] == verdict and "not implemented" in rows[0]["note"]
     assert not any(k.startswith(("stack", "step/")) for k in perf.ratios(_stack_json(stacked_s, 0.10)))
+
+
+@pytest.mark.parametrize("per_model_s,ceiling", [(0.08, (0.08 + 0.02 / 5) / 0.10), (0.10, 1.0), (0.12, 1.0)])
+def test_stack_ceiling_shares_only_what_is_outside_the_per_model_work(per_model_s, ceiling):
+    rows = {r["target"]: r for r in perf.targets(_stack_json(0.09, 0.10, per_model_s))}
+    assert rows["T5 bound S=5"]["value"] == pytest.approx(0.9)
+    c = rows["T5 ceiling S=5"]
+    assert c["value"] == pytest.approx(ceiling) and "not implemented" in c["note"] and "per-model" in c["note"]
+    assert c["verdict"] == ("could save" if ceiling < 1 else "no gain")
 
 
 def test_check_reports_the_stack_bound_and_does_not_count_it_as_a_miss(tmp_path):
