@@ -207,6 +207,7 @@ class Sweep:
     optimizer: Dict[str, str]  # canonical mitigation -> optimizer
     job_grouping: str = "mitigation"  # one training job per (mitigation, lr), or per "cell"
     reuse_runs: bool = True  # a job takes back the runs it finished before (results/.resume) instead of training
+    perf_results: Optional[str] = None  # the perf suite's JSON shown in the report (report only)
 
     def lr_labels(self, mitigation: str) -> List[str]:
         return [format_lr(v) for v in self.lr[mitigation]] if mitigation in self.lr else [DEFAULT_LR]
@@ -256,7 +257,7 @@ class Sweep:
                 "eval_every": self.eval_every, "heldout_size": self.heldout_size, "device": self.device,
                 "threads": self.threads, "lr": {m: list(v) for m, v in self.lr.items()},
                 "optimizer": dict(self.optimizer), "job_grouping": self.job_grouping,
-                "reuse_runs": self.reuse_runs}
+                "reuse_runs": self.reuse_runs, "perf_results": self.perf_results}
 
 
 def _per_mitigation(cfg: dict, key: str, canon: Dict[str, str], problems: List[str]) -> Dict[str, Any]:
@@ -340,12 +341,20 @@ def expand(config: Mapping) -> Sweep:
                         f"runs would be evaluated only at their end")
     lr = _per_mitigation(cfg, "lr", canon, problems)
     optimizer = _per_mitigation(cfg, "optimizer", canon, problems)
+    perf_results = cfg.get("perf_results")
+    if isinstance(perf_results, str) and perf_results.strip().lower() in ("null", "none", "~"):
+        perf_results = None  # `--config perf_results=null` arrives as text
+    if perf_results is not None and not Path(perf_results).is_file():
+        problems.append(f"config key 'perf_results': no file {perf_results!r} (from {Path.cwd()}); run the perf "
+                        f"suite first (`python -m pytest perf --benchmark-json={perf_results} "
+                        f"--benchmark-timer=time.process_time`, perf/README.md) or set perf_results: null")
     if problems:
         raise ConfigError(problems)
     return Sweep(tasks=tasks, mitigations=list(mits), seeds=[int(s) for s in cfg["seeds"]],
                  **{k: int(cfg[k]) for k in INT_KEYS}, device=cfg["device"],
                  lr={m: [float(x) for x in v] for m, v in lr.items()}, optimizer=optimizer,
-                 job_grouping=cfg.get("job_grouping", "mitigation"), reuse_runs=bool(cfg.get("reuse_runs", True)))
+                 job_grouping=cfg.get("job_grouping", "mitigation"), reuse_runs=bool(cfg.get("reuse_runs", True)),
+                 perf_results=perf_results)
 
 
 def _recipes() -> List[str]:

@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runs", required=True, help="runs.parquet written by `aggregate`")
     r.add_argument("--config", default=None, help="the config used (YAML), shown in the provenance section")
     r.add_argument("--jobs", default=None, help="jobs.csv written by `aggregate` (the pipeline overhead)")
+    r.add_argument("--perf", default=None,
+                   help="the perf suite's pytest-benchmark JSON (perf/README.md): the engine benchmark table")
     r.add_argument("--out", required=True, help="the HTML file to write")
     r.add_argument("--figures-dir", default=None, help="also write every figure as <dir>/<name>.png")
     return p
@@ -71,7 +73,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             df = read_runs(args.runs)
         except (OSError, ValueError) as e:
             raise BenchError(f"cannot read the results table {args.runs}: {e}") from None
-        out = render_report(df, args.out, config=args.config, figures_dir=args.figures_dir, jobs=args.jobs)
+        out = render_report(df, args.out, config=args.config, figures_dir=args.figures_dir, jobs=args.jobs,
+                            perf=args.perf)
         print(f"report -> {out} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
         return 0
     except BenchError as e:

@@ -338,9 +338,10 @@ def provenance_info(df: pd.DataFrame, config_text: Optional[str], config_path: O
 
 # -- the page ---------------------------------------------------------------------------------
 def build_context(df: pd.DataFrame, config_text: Optional[str] = None, config_path: Optional[str] = None,
-                  jobs=None) -> Dict:
+                  jobs=None, perf=None) -> Dict:
     """`jobs`: the jobs table (DataFrame), a jobs.csv path, or None (the overhead paragraph then
-    says the job timings are missing)."""
+    says the job timings are missing). `perf`: a perf-suite JSON path or None (the engine
+    benchmark paragraph then says how to get one)."""
     jobs_df, why_none = load_jobs(jobs)
     overhead = overhead_summary(jobs_df)
     if "lr_chosen" not in df:
@@ -374,6 +375,7 @@ def build_context(df: pd.DataFrame, config_text: Optional[str] = None, config_pa
         "overhead": overhead,
         "overhead_sentences": overhead_sentences(overhead, why_none),
         "overhead_table": html_table(overhead_table(jobs_df)) if overhead["n_used"] else "",
+        **_perf_html(perf),
         "claims": claims,
         "thresholds": [(k, v[0], v[1]) for k, v in C.THRESHOLDS.items()],
         "figs": {k: {"b64": base64.b64encode(v["png"]).decode("ascii"), "caption": v["caption"],
@@ -385,6 +387,15 @@ def build_context(df: pd.DataFrame, config_text: Optional[str] = None, config_pa
     }
 
 
+def _perf_html(perf) -> Dict:
+    from .perf_section import perf_context
+
+    c = perf_context(perf)
+    return {"perf_sentences": c["perf_sentences"],
+            "perf_targets": html_table(c["perf_targets"]) if c["perf_targets"] is not None else "",
+            "perf_ratios": html_table(c["perf_ratios"]) if c["perf_ratios"] is not None else ""}
+
+
 def render_html(ctx: Dict) -> str:
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)
@@ -392,11 +403,12 @@ def render_html(ctx: Dict) -> str:
     return env.get_template("report.html.j2").render(**ctx)
 
 
-def render_report(df: pd.DataFrame, out_html, config=None, figures_dir=None, jobs=None) -> Path:
+def render_report(df: pd.DataFrame, out_html, config=None, figures_dir=None, jobs=None, perf=None) -> Path:
     """Write the self-contained report to `out_html` and, if `figures_dir` is given, every figure
     as <figures_dir>/<name>.png (all of FIGURE_NAMES, placeholders included). `config` is the path
     of the config used (YAML, shown verbatim in the provenance section) or None; `jobs` the
-    per-job timings (jobs.csv path or DataFrame) for the pipeline overhead, or None."""
+    per-job timings (jobs.csv path or DataFrame) for the pipeline overhead, or None; `perf` a
+    perf-suite JSON (pytest-benchmark) for the engine benchmark table, or None."""
     config_text, config_path = None, None
     if config is not None:
         config_path = str(config)
@@ -404,7 +416,7 @@ def render_report(df: pd.DataFrame, out_html, config=None, figures_dir=None, job
             config_text = Path(config).read_text()
         except OSError as e:
             config_text = f"(could not read {config}: {e})"
-    ctx = build_context(df, config_text, config_path, jobs=jobs)
+    ctx = build_context(df, config_text, config_path, jobs=jobs, perf=perf)
     out_html = Path(out_html)
     out_html.parent.mkdir(parents=True, exist_ok=True)
     out_html.write_text(render_html(ctx), encoding="utf-8")
