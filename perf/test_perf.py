@@ -120,9 +120,10 @@ def test_harness(benchmark, timer, hidden, T, name, steps):
 @pytest.mark.skipif(QUICK, reason="full mode only (target 5's bound is reported, not checked)")
 @pytest.mark.parametrize("hidden,T,name", STACK_CASES, ids=_ids(STACK_CASES))
 def test_stack_bound(benchmark, timer, hidden, T, name):
-    """Target 5's upper bound (stacking seeds is not implemented): one training step at batch
-    S x 64 (the benchmark) against S separate runs' steps at batch 64 (timed before every round,
-    interleaved). See bench.perf.stack_bound_steps for why it bounds what stacking could save."""
+    """Target 5's bound and ceiling (stacking seeds is not implemented): one training step at
+    batch S x 64 (the benchmark) against S separate runs' steps at batch 64 and against those runs'
+    model forward+backward alone (both timed before every round, interleaved). See
+    bench.perf.stack_bound_steps for what each bounds."""
     rounds, warmup = ROUNDS[T]
     stacked, separate, per_model = perf.stack_bound_steps(name, T, hidden)
     before = perf.Interleaved({"separate": separate, "per_model": per_model}, warmup, timer)
