@@ -27,6 +27,7 @@ from .errors import BenchError
 
 DEFAULT_LR = "default"  # the lr label of a cell that uses its recipe's learning rate
 _BOOL_TEXT = {"true": True, "yes": True, "false": False, "no": False}
+_NULL_TEXT = ("null", "none", "~")  # `--config perf_results=null` arrives as text
 INT_KEYS = ("hidden", "batch", "budget", "eval_every", "heldout_size", "threads")
 
 _INT_TEXT = re.compile(r"[+-]?\d+")
@@ -56,8 +57,8 @@ def coerce_numbers(config: Any, schema: Mapping) -> Any:
     becomes that number, and integral floats where it wants an integer become ints.
 
     Why: `snakemake --config seeds=[0,1]` parses nested values as text ('0', '1'), and YAML 1.1
-    reads `1e-3` as text. Likewise true/false/yes/no where it wants a boolean. Anything else is
-    left for the schema to reject.
+    reads `1e-3` as text. Likewise true/false/yes/no where it wants a boolean, and null/none/~
+    where it admits null. Anything else is left for the schema to reject.
     """
     kind = schema.get("type")
     if isinstance(config, dict) and kind == "object":
@@ -77,6 +78,8 @@ def coerce_numbers(config: Any, schema: Mapping) -> Any:
             return int(config)
     if kind == "boolean" and isinstance(config, str) and config.strip().lower() in _BOOL_TEXT:
         return _BOOL_TEXT[config.strip().lower()]
+    if isinstance(kind, list) and "null" in kind and isinstance(config, str) and config.strip().lower() in _NULL_TEXT:
+        return None
     if kind == "number" and isinstance(config, str):
         try:
             return float(config)
@@ -342,8 +345,6 @@ def expand(config: Mapping) -> Sweep:
     lr = _per_mitigation(cfg, "lr", canon, problems)
     optimizer = _per_mitigation(cfg, "optimizer", canon, problems)
     perf_results = cfg.get("perf_results")
-    if isinstance(perf_results, str) and perf_results.strip().lower() in ("null", "none", "~"):
-        perf_results = None  # `--config perf_results=null` arrives as text
     if perf_results is not None and not Path(perf_results).is_file():
         problems.append(f"config key 'perf_results': no file {perf_results!r} (from {Path.cwd()}); run the perf "
                         f"suite first (`python -m pytest perf --benchmark-json={perf_results} "

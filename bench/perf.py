@@ -62,6 +62,19 @@ T1_MAX = 1.05   # engine step / bare loop step, fused mitigations
 T2_MAX = 1.5    # custom-cell step / fused nn.LSTM step
 T3_MAX = 11.0   # step(T=1000) / step(T=100)
 T4_MAX = 0.10   # diagnostics share of a default run's wall time
+# What each row name of `targets` measures (T5's names end in " S=<S>")
+TARGET_WHAT = {
+    "T1 loop": "train()'s loop step / a bare hand-written loop's step around the same module (fused-expressible mitigations)",
+    "T1 run@1000": "a default run projected (setup, 5 diagnostics snapshots, 1000 steps) / 1000 bare-loop steps",
+    "T1 vs nn.*": "the suite's step / a bare loop around PyTorch's nn.RNN / nn.GRU (the suite runs its own kernel there)",
+    "T2 vs LSTM": "custom-cell step (batch / layer norm, truncated BPTT) / the fused nn.LSTM step",
+    "T2 vs cell loop": "custom-cell step / a plain nn.LSTMCell or nn.RNNCell loop's step",
+    "T3 T=1000/T=100": "step at T=1000 / step at T=100 (linear in length: 10)",
+    "T3 in train()": "train()'s loop step at T=1000 / at T=100",
+    "T4 diag share": "gradient diagnostics' share of a default run's time",
+    "T5 bound": "S seeds stacked (not implemented), best case: one model on the S x batch / S separate steps",
+    "T5 ceiling": "S seeds stacked (not implemented) on per-model weights, best case / S separate steps",
+}
 DEFAULT_BUDGET = 1000  # RunSpec defaults, used to project whole-run figures
 DEFAULT_EVAL_EVERY = 50
 

@@ -108,13 +108,17 @@ class NormSeq(torch.autograd.Function):
         if fold:
             xs = xs.contiguous()  # the raw input term, read by the kernel and by its backward
         ctx.fold = (xs, gain_x) if fold else (None, None)
+        # the pre-activations the kernels read doubled: the LSTM's candidate block (sigmoid(2g)
+        # gives tanh(g)), the whole of the RNN's (sigmoid(2 pre)); ln_rnn's after its norm
         if lstm:
             scale = torch.ones(G, dtype=xs.dtype, device=xs.device)
             scale[2 * H:3 * H] = 2
-            if fold:
-                xnorm = (gain_x * scale, bias * scale, cfg["rm_x"], cfg["rv_x"])
-            else:
-                xs = torch.mul(xs, scale, out=new(T, B, G))  # contiguous (T, B, G) whatever came in
+        else:
+            scale = 2
+        xnorm = (gain_x * scale, bias * scale, cfg["rm_x"], cfg["rv_x"]) if fold else (None,) * 4
+        if not fold:  # contiguous (T, B, G) whatever came in
+            xs = xs.contiguous() if ln_rnn else torch.mul(xs, scale, out=new(T, B, G))
+        if lstm:
             act = new(T, B, G)  # sigmoid(i), sigmoid(f), sigmoid(2g), sigmoid(o)
             tg = new(T, B, H)  # tanh(g)
             cbuf = new(T + 1, B, H)
@@ -123,7 +127,7 @@ class NormSeq(torch.autograd.Function):
             args = (xs, hbuf, vin, act, tg, cbuf, tcn, Wt, norm == "ln", gain_h * scale, gain_c * 2, bias_c * 2,
                     *common, *_stats(cfg), t0, cfg["max_steps"] - 1)
             if ctx.native is not None:
-                ctx.stats = ctx.native.forward(*args, *(xnorm if fold else (None,) * 4))
+                ctx.stats = ctx.native.forward(*args, *xnorm)
             else:
                 ctx.stats = _lstm_loop("forward", xs.device)(*args)
             ctx.weights = (gain_h, gain_c, bias_c)  # the backward's norms: the undoubled weights
@@ -131,11 +135,8 @@ class NormSeq(torch.autograd.Function):
             ctx.save_for_backward(hbuf, vin, W, act, tg, cbuf, tcn)
             c_last = cbuf[T]
         else:
-            if not fold:
-                xs = xs.contiguous() if ln_rnn else torch.mul(xs, 2, out=new(T, B, G))
             sig = new(T, B, H)  # sigmoid(2 pre)
             if ctx.native is not None:
-                xnorm = (gain_x * 2, bias * 2, cfg["rm_x"], cfg["rv_x"]) if fold else (None,) * 4
                 ctx.sa, ctx.sb, ctx.mx, ctx.sx = ctx.native.rnn_forward(
                     xs, hbuf, vin, sig, Wt, ln_rnn, gain_h * 2, bias * 2 if ln_rnn else None, *common,
                     *_stats(cfg)[:2], t0, cfg["max_steps"] - 1, *xnorm)

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import pandas as pd
 
 SIZES = ["h64-T100", "h128-T100", "h64-T1000", "h128-T1000"]
-# the suite's bare PyTorch loops, timed like the mitigations (references, not the suite's code)
+# the suite's bare PyTorch loops (bench.perf.CELL_LOOPS), timed like the mitigations: references
 BARE = {"lstmcell": "bare nn.LSTMCell loop", "rnncell": "bare nn.RNNCell loop", "nn_rnn": "bare nn.RNN loop",
         "nn_gru": "bare nn.GRU loop"}
 HOW = ("run the suite (`python -m pytest perf --benchmark-json=perf/full.json "
@@ -39,7 +39,7 @@ def load_perf(path) -> Tuple[Optional[dict], str]:
 def perf_source(data: dict, path) -> str:
     from ..perf import collect
 
-    bs = list(collect(data).values())
+    bs = list(collect(data).values())  # load_perf checked there is one
     e0 = bs[0]["extra_info"]
     timer = (bs[0].get("options") or {}).get("timer", "?")
     cpu = ((data.get("machine_info") or {}).get("cpu") or {}).get("brand_raw") or "an unnamed CPU"
@@ -52,23 +52,9 @@ def perf_source(data: dict, path) -> str:
             f"better than the absolute times; the sweep's own timings above are not part of them.")
 
 
-WHAT = {
-    "T1 loop": "train()'s loop step / a bare hand-written loop's step around the same module (fused-expressible mitigations)",
-    "T1 run@1000": "a default run projected (setup, 5 diagnostics snapshots, 1000 steps) / 1000 bare-loop steps",
-    "T1 vs nn.*": "the suite's step / a bare loop around PyTorch's nn.RNN / nn.GRU (the suite runs its own kernel there)",
-    "T2 vs LSTM": "custom-cell step (batch / layer norm, truncated BPTT) / the fused nn.LSTM step",
-    "T2 vs cell loop": "custom-cell step / a plain nn.LSTMCell or nn.RNNCell loop's step",
-    "T3 T=1000/T=100": "step at T=1000 / step at T=100 (linear in length: 10)",
-    "T3 in train()": "train()'s loop step at T=1000 / at T=100",
-    "T4 diag share": "gradient diagnostics' share of a default run's time",
-    "T5 bound S=5": "5 seeds stacked (not implemented), best case: one model on the 5x batch / 5 separate steps",
-    "T5 ceiling S=5": "5 seeds stacked (not implemented) on per-model weights, best case / 5 separate steps",
-}
-
-
 def targets_table(data: dict) -> pd.DataFrame:
     """One row per target of the perf issue: how many checks, their verdicts, the range measured."""
-    from ..perf import targets
+    from ..perf import TARGET_WHAT, targets
 
     rows = targets(data)
     out: List[Dict] = []
@@ -77,7 +63,7 @@ def targets_table(data: dict) -> pd.DataFrame:
         vals = [r["value"] for r in rs if r["value"] is not None]
         verdicts = pd.Series([r["verdict"] for r in rs]).value_counts()
         lim = rs[0]["limit"]
-        out.append({"target": t, "what": WHAT.get(t, ""), "checks": len(rs),
+        out.append({"target": t, "what": TARGET_WHAT.get(t.split(" S=")[0], ""), "checks": len(rs),
                     "verdicts": ", ".join(f"{n} {v}" for v, n in verdicts.items()),
                     "lowest": f"{min(vals):.3f}" if vals else None, "highest": f"{max(vals):.3f}" if vals else None,
                     "limit": f"{'<' if rs[0]['strict'] else '<='} {lim:g}",
