@@ -296,7 +296,7 @@ class BareStep:
 
 
 STACK_S = 5  # target 5's S: seeds per configuration
-STACK_CASES = ["bn_lstm", "ln_lstm", "bn_rnn", "ln_rnn", "lstm", "gru"]  # where stacking could pay
+STACK_CASES = ["bn_lstm", "ln_lstm", "bn_rnn", "ln_rnn", "lstm", "gru", "rnn"]  # where stacking could pay
 
 
 def stack_bound_steps(mitigation: str, T: int, hidden: int, S: int = STACK_S, batch: int = BATCH):
