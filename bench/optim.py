@@ -10,6 +10,17 @@ foreach only on CUDA/XPU-like devices), so Adam runs `_single_tensor_adam`, RMSp
 `_single_tensor_rmsprop` and SGD `_single_tensor_sgd`. The results are bit for bit the same
 (tests/test_optim.py checks every parameter after every step against torch.optim).
 
+One difference in how, not what: at each step where every parameter has a gradient (a training
+step of this suite), Adam and RMSprop update all parameters at once -- the same element-wise
+operations as torch's per-parameter loop, run once on one flat vector that holds every parameter
+(copied in and back), every gradient and every state tensor, instead of once per parameter. The
+operations are element-wise, so each element gets the same arithmetic (bit for bit the same as
+torch.optim, checked by the same tests); the step costs about 30 us instead of about 175 us for a
+six-tensor model (hidden 32; 8-17% of a training step in the default sweep went to the optimizer).
+`state[p]` holds views into the flat state. A step where some parameter has no gradient takes the
+per-parameter path (torch's semantics: that parameter is skipped, its step count stays), and so
+does every later step once the parameters' step counts differ.
+
 `make_optimizer` hands out these classes only where that holds (real floating-point parameters,
 all on the CPU); anywhere else (CUDA) it returns torch.optim's own optimizer.
 """
@@ -39,6 +50,7 @@ class _Optimizer:
         self.defaults = dict(defaults)
         self.param_groups: List[Dict] = [{"params": params, **self.defaults}]
         self.state: Dict[torch.Tensor, Dict] = {}
+        self._flat: Optional[_Flat] = None  # the flat buffers, built at the first all-gradient step
         self._step_pre_hooks: "OrderedDict[int, Callable]" = OrderedDict()
         self._step_post_hooks: "OrderedDict[int, Callable]" = OrderedDict()
 
@@ -87,6 +99,8 @@ class _Optimizer:
                 loss = closure()
         with torch.no_grad():
             for group in self.param_groups:
+                if self._flat_step(group):
+                    continue
                 for p in group["params"]:
                     if p.grad is not None:
                         if p.grad.is_sparse:
@@ -97,9 +111,65 @@ class _Optimizer:
     def _update(self, p, grad, state, group) -> None:
         raise NotImplementedError
 
+    # the flat path (see the module's docstring) -------------------------------------------------
+    STATE_KEYS: tuple = ()  # the per-parameter state tensors; empty: no flat path (SGD)
+
+    def _flat_step(self, group) -> bool:
+        """Update every parameter of `group` at once, if every one has a dense gradient and all
+        their step counts are equal (always, unless some step lacked a gradient); else False."""
+        if not self.STATE_KEYS:
+            return False
+        params = group["params"]
+        grads = [p.grad for p in params]
+        if any(g is None or g.is_sparse for g in grads):
+            return False
+        f = self._flat
+        if f is None:
+            if self.state or len({(p.dtype, p.device) for p in params}) != 1:
+                return False
+            f = self._flat = _Flat(params, self.STATE_KEYS)
+            for p, views in zip(params, f.state_views):
+                self.state[p] = {"step": 0.0, **views}
+        elif any(self.state.get(p, {}).get("step") != f.step for p in params):
+            return False
+        torch._foreach_copy_(f.grad_views, grads)
+        torch._foreach_copy_(f.param_views, params)
+        f.step += 1.0
+        self._flat_update(f.param, f.grad, f.state, f.step, group)
+        torch._foreach_copy_(params, f.param_views)
+        for p in params:
+            self.state[p]["step"] = f.step
+        return True
+
+    def _flat_update(self, param, grad, state, step, group) -> None:
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
         return f"bench.optim.{type(self).__name__}({args})"
+
+
+class _Flat:
+    """One flat vector each for the parameters, their gradients and each state tensor, with views
+    shaped like the parameters; `step` is the common step count."""
+
+    def __init__(self, params: List[torch.Tensor], state_keys: tuple):
+        n = sum(p.numel() for p in params)
+        like = dict(dtype=params[0].dtype, device=params[0].device)
+        self.param, self.grad = torch.zeros(n, **like), torch.zeros(n, **like)
+        self.state = {k: torch.zeros(n, **like) for k in state_keys}
+        spans, o = [], 0
+        for p in params:
+            spans.append((o, o + p.numel(), p.shape))
+            o += p.numel()
+
+        def views(flat):
+            return [flat[a:b].view(shape) for a, b, shape in spans]
+
+        self.param_views, self.grad_views = views(self.param), views(self.grad)
+        per_key = {k: views(v) for k, v in self.state.items()}
+        self.state_views = [{k: per_key[k][i] for k in state_keys} for i in range(len(params))]
+        self.step = 0.0
 
 
 class Adam(_Optimizer):
@@ -138,6 +208,22 @@ class Adam(_Optimizer):
         denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
         p.addcdiv_(exp_avg, denom, value=-step_size)
 
+    STATE_KEYS = ("exp_avg", "exp_avg_sq")
+
+    def _flat_update(self, param, grad, state, step, group) -> None:
+        """_update's operations, once on the flat vectors."""
+        beta1, beta2 = group["betas"]
+        lr, eps = group["lr"], group["eps"]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2 = 1 - beta2 ** step
+        step_size = lr / bias_correction1
+        bias_correction2_sqrt = bias_correction2 ** 0.5
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        param.addcdiv_(exp_avg, denom, value=-step_size)
+
 
 class RMSprop(_Optimizer):
     """torch.optim.RMSprop(params, lr) with its defaults (alpha 0.99, eps 1e-8, no momentum, not
@@ -162,6 +248,16 @@ class RMSprop(_Optimizer):
         square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
         avg = square_avg.sqrt().add_(eps)
         p.addcdiv_(grad, avg, value=-lr)
+
+    STATE_KEYS = ("square_avg",)
+
+    def _flat_update(self, param, grad, state, step, group) -> None:
+        """_update's operations, once on the flat vectors."""
+        alpha, lr, eps = group["alpha"], group["lr"], group["eps"]
+        square_avg = state["square_avg"]
+        square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+        avg = square_avg.sqrt().add_(eps)
+        param.addcdiv_(grad, avg, value=-lr)
 
 
 class SGD(_Optimizer):

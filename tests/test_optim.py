@@ -136,6 +136,50 @@ def test_the_comparison_can_fail():
         OURS["adam"] = saved
 
 
+@pytest.mark.parametrize("name", ["adam", "rmsprop"])
+def test_the_flat_step_is_taken_and_falls_back_like_torch(name):
+    """Adam and RMSprop update every parameter at once when all have a gradient (state[p] are views
+    of the flat state), stay bit for bit torch.optim when a step lacks one parameter's gradient
+    (torch skips it and keeps its step count: from then on the per-parameter path), and read the
+    parameters anew at every step (a change made between steps is kept, as in torch.optim)."""
+    torch.manual_seed(3)
+    a = LSTMNet(3, 6, 2)
+    b = copy.deepcopy(a)
+    oa, ob = TORCH[name](a.parameters(), lr=0.05), OURS[name](b.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(9)
+    flat_steps = []
+    for step in range(1, 13):
+        x, y = torch.randn(4, 5, 3, generator=g), torch.randn(4, 2, generator=g)
+        for m, o in ((a, oa), (b, ob)):
+            o.zero_grad(set_to_none=True)
+            ((m(x) - y) ** 2).mean().backward()
+            if step == 4:  # the head's bias has no gradient this step
+                m.out.bias.grad = None
+            if step == 6:  # a change between steps (as a rescaling hook would make)
+                with torch.no_grad():
+                    m.rnn.weight_hh_l0.mul_(0.5)
+            o.step()
+        flat_steps.append(ob._flat is not None and ob._flat.step == step)
+        for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+            assert torch.equal(pa, pb), f"{name}: {n} differs after step {step}"
+    assert flat_steps[:3] == [True] * 3 and not any(flat_steps[3:])  # flat until the step without a gradient
+    key = bo.Adam.STATE_KEYS[0] if name == "adam" else bo.RMSprop.STATE_KEYS[0]
+    w = b.rnn.weight_ih_l0
+    assert ob.state[w][key]._base is ob._flat.state[key]  # a view into the flat state
+    assert ob.state[b.out.bias]["step"] == 11 and ob.state[w]["step"] == 12
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        for k, v in oa.state[pa].items():
+            assert float(v) == ob.state[pb][k] if k == "step" else torch.equal(v, ob.state[pb][k]), k
+
+
+def test_sgd_has_no_flat_path():
+    p = nn.Parameter(torch.ones(3))
+    opt = bo.SGD([p], lr=0.5)
+    p.grad = torch.ones(3)
+    opt.step()
+    assert opt._flat is None and torch.equal(p.detach(), torch.full((3,), 0.5))
+
+
 def test_hooks_zero_grad_and_fallback():
     p = nn.Parameter(torch.ones(3))
     opt = bo.SGD([p], lr=0.5)
