@@ -15,8 +15,8 @@ step of this suite), Adam and RMSprop update all parameters at once -- the same 
 operations as torch's per-parameter loop, run once on one flat vector that holds every parameter
 (copied in and back), every gradient and every state tensor, instead of once per parameter. The
 operations are element-wise, so each element gets the same arithmetic (bit for bit the same as
-torch.optim, checked by the same tests); the step costs about 30 us instead of about 175 us for a
-six-tensor model (hidden 32; 8-17% of a training step in the default sweep went to the optimizer).
+torch.optim, checked by the same tests); the step costs 51-87 us instead of 153-200 us for the
+suite's six-tensor models (measured; 8-17% of a default-sweep training step went to it before).
 `state[p]` holds views into the flat state. A step where some parameter has no gradient takes the
 per-parameter path (torch's semantics: that parameter is skipped, its step count stays), and so
 does every later step once the parameters' step counts differ.
@@ -108,11 +108,26 @@ class _Optimizer:
                         self._update(p, p.grad, self.state.setdefault(p, {}), group)
         return loss
 
+    # the per-parameter state tensors (zeros at the first step, as torch's) and the step count
+    STATE_KEYS: tuple = ()  # empty: no state and no flat path (SGD)
+
     def _update(self, p, grad, state, group) -> None:
+        """The per-parameter path: `_apply` on one parameter and its own state."""
+        if not state:
+            state["step"] = 0.0
+            for k in self.STATE_KEYS:
+                state[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        # torch keeps the count in a float32 tensor and reads it back with .item(): the same
+        # integer-valued float while the count is below 2**24
+        state["step"] += 1.0
+        self._apply(p, grad, state, state["step"], group)
+
+    def _apply(self, p, grad, state, step, group) -> None:
+        """The update of `p` (one parameter, or the flat vector of all) from `grad` and `state`'s
+        tensors at step count `step`."""
         raise NotImplementedError
 
     # the flat path (see the module's docstring) -------------------------------------------------
-    STATE_KEYS: tuple = ()  # the per-parameter state tensors; empty: no flat path (SGD)
 
     def _flat_step(self, group) -> bool:
         """Update every parameter of `group` at once, if every one has a dense gradient and all
@@ -135,14 +150,11 @@ class _Optimizer:
         torch._foreach_copy_(f.grad_views, grads)
         torch._foreach_copy_(f.param_views, params)
         f.step += 1.0
-        self._flat_update(f.param, f.grad, f.state, f.step, group)
+        self._apply(f.param, f.grad, f.state, f.step, group)
         torch._foreach_copy_(params, f.param_views)
         for p in params:
             self.state[p]["step"] = f.step
         return True
-
-    def _flat_update(self, param, grad, state, step, group) -> None:
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
@@ -185,19 +197,12 @@ class Adam(_Optimizer):
             raise ValueError(f"Invalid beta parameters: {betas}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
 
-    def _update(self, p, grad, state, group) -> None:
-        if not state:
-            state["step"] = 0.0
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    STATE_KEYS = ("exp_avg", "exp_avg_sq")
+
+    def _apply(self, p, grad, state, step, group) -> None:
         beta1, beta2 = group["betas"]
         lr, eps = group["lr"], group["eps"]
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        # torch keeps the count in a float32 tensor and reads it back with .item(): the same
-        # integer-valued float while the count is below 2**24
-        state["step"] += 1.0
-        step = state["step"]
-
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
 
@@ -207,22 +212,6 @@ class Adam(_Optimizer):
         bias_correction2_sqrt = bias_correction2 ** 0.5
         denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
         p.addcdiv_(exp_avg, denom, value=-step_size)
-
-    STATE_KEYS = ("exp_avg", "exp_avg_sq")
-
-    def _flat_update(self, param, grad, state, step, group) -> None:
-        """_update's operations, once on the flat vectors."""
-        beta1, beta2 = group["betas"]
-        lr, eps = group["lr"], group["eps"]
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        bias_correction1 = 1 - beta1 ** step
-        bias_correction2 = 1 - beta2 ** step
-        step_size = lr / bias_correction1
-        bias_correction2_sqrt = bias_correction2 ** 0.5
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 class RMSprop(_Optimizer):
@@ -238,26 +227,14 @@ class RMSprop(_Optimizer):
             raise ValueError(f"Invalid alpha value: {alpha}")
         super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps})
 
-    def _update(self, p, grad, state, group) -> None:
-        if not state:
-            state["step"] = 0.0
-            state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    STATE_KEYS = ("square_avg",)
+
+    def _apply(self, p, grad, state, step, group) -> None:
         alpha, lr, eps = group["alpha"], group["lr"], group["eps"]
-        state["step"] += 1.0
         square_avg = state["square_avg"]
         square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
         avg = square_avg.sqrt().add_(eps)
         p.addcdiv_(grad, avg, value=-lr)
-
-    STATE_KEYS = ("square_avg",)
-
-    def _flat_update(self, param, grad, state, step, group) -> None:
-        """_update's operations, once on the flat vectors."""
-        alpha, lr, eps = group["alpha"], group["lr"], group["eps"]
-        square_avg = state["square_avg"]
-        square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
-        avg = square_avg.sqrt().add_(eps)
-        param.addcdiv_(grad, avg, value=-lr)
 
 
 class SGD(_Optimizer):
@@ -269,7 +246,7 @@ class SGD(_Optimizer):
             raise ValueError(f"Invalid learning rate: {lr}")
         super().__init__(params, {"lr": lr})
 
-    def _update(self, p, grad, state, group) -> None:
+    def _update(self, p, grad, state, group) -> None:  # no state (torch keeps none without momentum)
         p.add_(grad, alpha=-group["lr"])
 
 
