@@ -19,7 +19,7 @@ torch.optim, checked by the same tests); the step costs 51-87 us instead of 153-
 suite's six-tensor models (measured; 8-17% of a default-sweep training step went to it before).
 `state[p]` holds views into the flat state. A step where some parameter has no gradient takes the
 per-parameter path (torch's semantics: that parameter is skipped, its step count stays), and so
-does every later step once the parameters' step counts differ.
+does every later step (the step counts may differ from then on).
 
 `make_optimizer` hands out these classes only where that holds (real floating-point parameters,
 all on the CPU); anywhere else (CUDA) it returns torch.optim's own optimizer.
@@ -130,22 +130,24 @@ class _Optimizer:
     # the flat path (see the module's docstring) -------------------------------------------------
 
     def _flat_step(self, group) -> bool:
-        """Update every parameter of `group` at once, if every one has a dense gradient and all
-        their step counts are equal (always, unless some step lacked a gradient); else False."""
+        """Update every parameter of `group` at once, if every one has a dense gradient and no
+        earlier step lacked one (the flat path is then retired); else False."""
         if not self.STATE_KEYS:
             return False
         params = group["params"]
         grads = [p.grad for p in params]
-        if any(g is None or g.is_sparse for g in grads):
-            return False
         f = self._flat
+        if any(g is None or g.is_sparse for g in grads):
+            if f is not None:
+                f.active = False  # the per-parameter path from now on (its state: the flat views)
+            return False
         if f is None:
             if self.state or len({(p.dtype, p.device) for p in params}) != 1:
                 return False
             f = self._flat = _Flat(params, self.STATE_KEYS)
             for p, views in zip(params, f.state_views):
                 self.state[p] = {"step": 0.0, **views}
-        elif any(self.state.get(p, {}).get("step") != f.step for p in params):
+        elif not f.active:
             return False
         torch._foreach_copy_(f.grad_views, grads)
         torch._foreach_copy_(f.param_views, params)
@@ -163,7 +165,8 @@ class _Optimizer:
 
 class _Flat:
     """One flat vector each for the parameters, their gradients and each state tensor, with views
-    shaped like the parameters; `step` is the common step count."""
+    shaped like the parameters; `step` is the common step count, `active` False once a step took
+    the per-parameter path."""
 
     def __init__(self, params: List[torch.Tensor], state_keys: tuple):
         n = sum(p.numel() for p in params)
@@ -182,6 +185,7 @@ class _Flat:
         per_key = {k: views(v) for k, v in self.state.items()}
         self.state_views = [{k: per_key[k][i] for k in state_keys} for i in range(len(params))]
         self.step = 0.0
+        self.active = True
 
 
 class Adam(_Optimizer):

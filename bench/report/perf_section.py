@@ -20,26 +20,26 @@ HOW = ("run the suite (`python -m pytest perf --benchmark-json=perf/full.json "
        "`perf_results: perf/full.json` in the config (or `python -m bench.report render --perf FILE`)")
 
 
-def load_perf(path) -> Tuple[Optional[dict], str]:
-    """`path` (a pytest-benchmark JSON or None) -> (the JSON, "") or (None, why there is none)."""
+def load_perf(path) -> Tuple[Optional[dict], List[dict], str]:
+    """`path` (a pytest-benchmark JSON or None) -> (the JSON, its benchmarks of this suite, "") or
+    (None, [], why there is none)."""
     if path is None:
-        return None, f"no engine benchmark results were given: {HOW}"
+        return None, [], f"no engine benchmark results were given: {HOW}"
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
-        return None, f"the engine benchmark results {path} could not be read ({type(e).__name__}: {e})"
+        return None, [], f"the engine benchmark results {path} could not be read ({type(e).__name__}: {e})"
     from ..perf import collect
 
-    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) or not collect(data):
-        return None, (f"{path} holds no benchmarks of this suite (a pytest-benchmark JSON written by "
-                      f"`python -m pytest perf --benchmark-json=FILE` is expected)")
-    return data, ""
+    bs = list(collect(data).values()) if isinstance(data, dict) and isinstance(data.get("benchmarks"), list) else []
+    if not bs:
+        return None, [], (f"{path} holds no benchmarks of this suite (a pytest-benchmark JSON written by "
+                          f"`python -m pytest perf --benchmark-json=FILE` is expected)")
+    return data, bs, ""
 
 
-def perf_source(data: dict, path) -> str:
-    from ..perf import collect
-
-    bs = list(collect(data).values())  # load_perf checked there is one
+def perf_source(data: dict, bs: List[dict], path) -> str:
+    """Where the results come from: file, size of the run, date, commit, CPU, device, clock."""
     e0 = bs[0]["extra_info"]
     timer = (bs[0].get("options") or {}).get("timer", "?")
     cpu = ((data.get("machine_info") or {}).get("cpu") or {}).get("brand_raw") or "an unnamed CPU"
@@ -93,8 +93,8 @@ def ratio_table(data: dict) -> pd.DataFrame:
 
 
 def perf_context(path) -> Dict:
-    data, why = load_perf(path)
+    data, bs, why = load_perf(path)
     if data is None:
         return {"perf_sentences": [f"Engine benchmarks: {why}."], "perf_targets": None, "perf_ratios": None}
-    return {"perf_sentences": [perf_source(data, path)], "perf_targets": targets_table(data),
+    return {"perf_sentences": [perf_source(data, bs, path)], "perf_targets": targets_table(data),
             "perf_ratios": ratio_table(data)}
