@@ -33,6 +33,44 @@ def configure_malloc(mode: str) -> str:
     return mode
 
 
+def denormals_flushed() -> bool:
+    """Whether this thread's CPU flushes denormal floats to zero (probed: 1e-39 * 1 is 0 under
+    FTZ/DAZ, 1e-39 in IEEE arithmetic; PyTorch has no getter)."""
+    import torch
+
+    return (torch.tensor([1e-39], dtype=torch.float32) * 1.0).item() == 0.0
+
+
+@contextmanager
+def flushed_denormals(on: bool = True):
+    """Run a block with this thread's denormal floats (|x| < 1.18e-38 in float32) flushed to zero
+    (on=True: FTZ/DAZ, torch.set_flush_denormal) or kept (on=False: IEEE arithmetic), and restore the
+    thread's previous mode afterwards. Yields whether the requested mode is in effect (False where the
+    CPU cannot flush).
+
+    Why training flushes: on Intel CPUs every arithmetic operation on a denormal takes a microcode
+    assist, ~100x an ordinary one, and vanishing gradients are exactly what makes them: at T=1000 a
+    backward pass through nn.LSTM at hidden 64 took 1.1-1.4 s a step instead of 0.13 s (nn.GRU 0.39 s
+    instead of 0.12 s; the T=100 step is unaffected) on an Intel Xeon, where AMD EPYC pays almost
+    nothing for them (perf/README.md, "Denormals"). Values below 1.18e-38 are zero for training's
+    purposes; the gradient diagnostics, which measure how far gradients vanish, run with denormals
+    kept (bench.diagnostics.snapshot), so their numbers are the IEEE ones.
+
+    The mode is per thread: with threads > 1, threads that torch's pool started before this block
+    keep their own mode (faster or slower, not different results at threads=1, the default)."""
+    import torch
+
+    before = denormals_flushed()
+    if before == on:
+        yield on
+        return
+    ok = torch.set_flush_denormal(on)
+    try:
+        yield ok if on else not denormals_flushed()
+    finally:
+        torch.set_flush_denormal(before)
+
+
 @contextmanager
 def frozen_gc():
     """Run a block with the objects alive at its start moved to the cyclic garbage collector's

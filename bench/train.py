@@ -16,7 +16,7 @@ from .devices import resolve_device
 from .models import build_model, native, parse_mitigation
 from .models.mitigations import check_for_task
 from .provenance import provenance
-from .runtime import frozen_gc
+from .runtime import flushed_denormals, frozen_gc
 from .seeding import generator
 from .spec import RunSpec
 from .tasks import make_task
@@ -89,7 +89,10 @@ def train(spec: RunSpec, progress: Optional[Callable[[int, Dict], None]] = None,
     # and pinned-memory copies all work on the device the model is on
     on_gpu = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     try:
-        with frozen_gc(), on_gpu:  # full GC passes would re-walk the whole interpreter (runtime.frozen_gc)
+        # full GC passes would re-walk the whole interpreter (runtime.frozen_gc); denormals flushed to
+        # zero: vanishing gradients would otherwise make them, at ~100x the cost of a float on Intel
+        # CPUs (runtime.flushed_denormals; the diagnostics keep them)
+        with frozen_gc(), on_gpu, flushed_denormals():
             return _train(spec, task, mit, device, progress, t_wall0, defer_host_checks)
     finally:
         torch.set_num_threads(threads_before)

@@ -6,11 +6,15 @@ import os
 import pytest
 import torch
 
-from bench import perf
+from bench import perf, runtime
 
 # Reproducible allocator regime for the whole session (see bench.perf.configure_malloc);
 # BENCH_PERF_MALLOC=default measures glibc's adaptive default instead.
 perf.configure_malloc(os.environ.get("BENCH_PERF_MALLOC", "pinned"))
+# Denormals flushed to zero for the whole session, as train() runs its steps (bench.runtime.flushed_denormals):
+# the bare loops and references then run in the engine's arithmetic, and EngineStep mirrors train()'s loop.
+# Set before torch's thread pool starts, so that its threads inherit it too.
+torch.set_flush_denormal(True)
 
 
 def pytest_configure(config):
@@ -41,7 +45,7 @@ def pytest_collection_finish(session):
 def pytest_report_header(config):
     info = perf.device_info()
     return (f"bench perf: device={info['device']} ({info['device_name']}), malloc={perf.MALLOC_MODE}, "
-            f"quick={os.environ.get('BENCH_PERF_QUICK', '')!r}")
+            f"denormals={'flushed' if runtime.denormals_flushed() else 'kept'}, quick={os.environ.get('BENCH_PERF_QUICK', '')!r}")
 
 
 @pytest.fixture(autouse=True, scope="session")

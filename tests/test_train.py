@@ -730,3 +730,40 @@ def test_resume_cache_that_cannot_be_written_is_a_warning_not_a_failed_job(tmp_p
     err = capsys.readouterr().err
     assert "warning: could not keep results/a.json" in err and "will train again" in err
     assert cache.get("results/a.json", tiny_spec()) is None
+
+
+# -- denormals: flushed while training, kept by the diagnostics ------------------------------------
+def test_flushed_denormals_sets_and_restores_the_threads_mode():
+    from bench.runtime import denormals_flushed, flushed_denormals
+
+    tiny = torch.tensor([1e-39])
+    start = denormals_flushed()
+    with flushed_denormals() as ok:
+        assert ok and denormals_flushed()
+        assert (tiny * 1.0).item() == 0.0  # FTZ/DAZ: a denormal operand counts as zero
+        with flushed_denormals(False) as kept:
+            assert kept and not denormals_flushed()
+            assert (tiny * 1.0).item() == pytest.approx(1e-39, rel=1e-3)
+        assert denormals_flushed()
+    assert denormals_flushed() == start
+
+
+def test_train_flushes_denormals_in_its_steps_and_keeps_them_in_its_diagnostics(monkeypatch):
+    from bench import diagnostics, runtime
+
+    modes = {"snapshot": [], "step": []}
+    real_snapshot, real_batch = diagnostics._snapshot, TaskData.train_batch
+    monkeypatch.setattr(diagnostics, "_snapshot",
+                        lambda *a, **k: modes["snapshot"].append(runtime.denormals_flushed()) or real_snapshot(*a, **k))
+    monkeypatch.setattr(TaskData, "train_batch",
+                        lambda self, *a, **k: modes["step"].append(runtime.denormals_flushed()) or real_batch(self, *a, **k))
+    spec = RunSpec(task="adding", length=12, mitigation="lstm", hidden=8, batch=8, budget=6, eval_every=3,
+                   heldout_size=32, probe_size=8)
+    for outer in (False, True):  # the caller's mode is restored either way
+        modes["snapshot"].clear(), modes["step"].clear()
+        with runtime.flushed_denormals(outer):
+            rec = train(spec)
+            assert runtime.denormals_flushed() == outer
+        assert modes["step"] == [True] * 6, modes
+        assert len(modes["snapshot"]) >= 2 and not any(modes["snapshot"]), modes
+        assert rec["provenance"]["denormals"] == "flushed"
