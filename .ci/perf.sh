@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI performance-regression check, quick mode (about 1 minute on 2 shared CPU cores, under 2 when
 # loaded; a retry of regressed measurements adds at most about one more quick run).
-# Runs the quick subset of perf/test_perf.py, then perf/check.py against perf/baseline.json:
+# Runs the quick subset of perf/test_perf.py, then perf/check.py against the baseline of this kind of CPU
+# (perf/baseline.json: AMD EPYC; perf/baseline-<kind>.json, e.g. perf/baseline-intel-xeon.json):
 # exits non-zero when a ratio regresses beyond the tolerance twice (one retry), or when a
 # benchmark fails. The absolute targets are printed and written to perf/last_results.md.
 # The glibc allocator is pinned by perf/conftest.py (BENCH_PERF_MALLOC, see perf/README.md).

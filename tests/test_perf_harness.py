@@ -196,6 +196,61 @@ def test_check_never_compares_one_device_with_another(tmp_path):
     assert r.returncode == 2 and "not comparable" in r.stderr
 
 
+def _check_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("perf_check", ROOT / "perf" / "check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("brand,kind", [
+    ("AMD EPYC 9R14 96-Core Processor", "AMD EPYC"), ("AMD EPYC", "AMD EPYC"),
+    ("Intel(R) Xeon(R) Processor", "Intel Xeon"), ("Intel(R) Xeon(R) Platinum 8488C", "Intel Xeon"),
+    ("Intel(R) Core(TM) i7-8700 CPU @ 3.20GHz", "Intel Core"), ("Apple M2 Pro", "Apple M2"),
+    ("ARMv8 Neoverse-N1", "ARMv8 Neoverse-N1"), ("", "unknown CPU")])
+def test_cpu_kind_names_vendor_and_line(brand, kind):
+    assert _check_module().cpu_kind(brand) == kind
+
+
+def test_check_keeps_one_baseline_per_kind_of_cpu(tmp_path, monkeypatch, capsys):
+    """Without --baseline, CPU results are checked against their kind of CPU's baseline: perf/baseline.json
+    (here AMD EPYC's) or perf/baseline-<kind>.json; --save-baseline on another kind writes that kind's file
+    and leaves the first alone; a kind without a baseline is checked against perf/baseline.json, with a note."""
+    check = _check_module()
+    monkeypatch.setattr(check, "BASELINE", tmp_path / "baseline.json")
+    monkeypatch.setattr(check, "ROOT", tmp_path)
+
+    def result(name, step_s, brand):
+        d = _bench_json(step_s)
+        d["machine_info"] = {"cpu": {"brand_raw": brand}}
+        (tmp_path / name).write_text(json.dumps(d))
+        return str(tmp_path / name)
+
+    def run(*args):
+        rc = check.main([*args, "--no-retry", "--report", str(tmp_path / "out.md")])
+        return rc, capsys.readouterr().out
+
+    amd = result("amd.json", 0.020, "AMD EPYC 7B13 64-Core Processor")          # bn_lstm 2.0x the reference
+    intel = result("intel.json", 0.030, "Intel(R) Xeon(R) Processor")           # 3.0x: +50% on AMD's baseline
+    assert run(amd, "--save-baseline")[0] == 0
+    amd_base = json.loads((tmp_path / "baseline.json").read_text())
+    assert amd_base["measured"]["cpu"] == "AMD EPYC" and amd_base["measured"]["cpu_brand"].startswith("AMD EPYC 7B13")
+    rc, out = run(intel)  # no Intel baseline yet: AMD's, with a note, and the +50% fails
+    assert rc == 1 and "no baseline for Intel Xeon CPUs yet" in out and "REGRESSED" in out
+    assert run(intel, "--save-baseline")[0] == 0
+    assert json.loads((tmp_path / "baseline.json").read_text()) == amd_base  # untouched
+    intel_base = json.loads((tmp_path / "baseline-intel-xeon.json").read_text())
+    assert intel_base["measured"]["cpu"] == "Intel Xeon" and intel_base["ratios"]["step/h64-T100/bn_lstm"] == 3.0
+    rc, out = run(intel)
+    assert rc == 0 and "against baseline-intel-xeon.json" in out and "no baseline for" not in out
+    rc, out = run(result("intel2.json", 0.045, "Intel(R) Xeon(R) Platinum 8488C"))  # +50% on Intel's own
+    assert rc == 1 and "against baseline-intel-xeon.json" in out and "REGRESSED" in out
+    rc, out = run(amd)
+    assert rc == 0 and "against baseline.json" in out
+
+
 def test_check_without_a_baseline_for_the_device_says_so(tmp_path):
     (tmp_path / "gpu.json").write_text(json.dumps(_bench_json(0.020, device="cuda")))
     r = _check(tmp_path, tmp_path / "gpu.json", "--baseline", tmp_path / "none.json")
