@@ -53,11 +53,14 @@ def flushed_denormals(on: bool = True):
     backward pass through nn.LSTM at hidden 64 took 1.1-1.4 s a step instead of 0.13 s (nn.GRU 0.39 s
     instead of 0.12 s; the T=100 step is unaffected) on an Intel Xeon, where AMD EPYC pays almost
     nothing for them (perf/README.md, "Denormals"). Values below 1.18e-38 are zero for training's
-    purposes; the gradient diagnostics, which measure how far gradients vanish, run with denormals
-    kept (bench.diagnostics.snapshot), so their numbers are the IEEE ones.
+    purposes (any optimizer update they could make is below Adam's epsilon alone, 1e-8), and the
+    gradient diagnostics, which run inside train(), then measure the gradients training gets: zero
+    there. (Kept, they would cost as much on Intel -- a snapshot of an LSTM at h128 T=1000 3.1 s
+    instead of under 1 s -- and carry a few bits of precision at most.)
 
-    The mode is per thread: with threads > 1, threads that torch's pool started before this block
-    keep their own mode (faster or slower, not different results at threads=1, the default)."""
+    The mode is per thread, and a new thread starts with its creator's: at threads=1 (the default)
+    all of a run's arithmetic is on this thread; with threads > 1 torch's worker threads keep the
+    mode they were started in (inside a first run: flushed), whatever a later block sets here."""
     import torch
 
     before = denormals_flushed()

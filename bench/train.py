@@ -91,7 +91,7 @@ def train(spec: RunSpec, progress: Optional[Callable[[int, Dict], None]] = None,
     try:
         # full GC passes would re-walk the whole interpreter (runtime.frozen_gc); denormals flushed to
         # zero: vanishing gradients would otherwise make them, at ~100x the cost of a float on Intel
-        # CPUs (runtime.flushed_denormals; the diagnostics keep them)
+        # CPUs (runtime.flushed_denormals); the diagnostics run in the same arithmetic
         with frozen_gc(), on_gpu, flushed_denormals():
             return _train(spec, task, mit, device, progress, t_wall0, defer_host_checks)
     finally:

@@ -244,19 +244,22 @@ def test_decay_factor_tracks_the_recurrent_gain(small_model):
     assert fit["decay_factor"] < 0.9 and fit["reach_log10"] < -3
 
 
-def test_profile_follows_a_vanishing_gradient_into_the_denormals(small_model):
-    """A tanh RNN at radius 0.3 loses ~half a decade per step: 150 steps back, the gradient is
-    below float32's smallest normal (1.18e-38). The snapshot keeps such values (IEEE arithmetic)
-    even when called where training flushes them to zero; flushed, the same profile is 0 there."""
+def test_flushed_profile_is_zero_where_the_gradient_fell_below_the_normal_floats(small_model):
+    """A tanh RNN at radius 0.3 loses ~half a decade per step: 150 steps back, the gradient is below
+    float32's smallest normal (1.18e-38). In train()'s arithmetic (denormals flushed) the profile is
+    exactly zero there -- the gradient training gets -- and the fit counts those steps as zeros; near
+    the loss, where the floats are normal, the two arithmetics give the same profile."""
     from bench.runtime import denormals_flushed, flushed_denormals
 
     model, task = small_model("rnn+radius:0.3", "adding", length=150, hidden=16)
     x, y = task.sample(8, generator("denormal"))
+    with flushed_denormals(False):
+        ieee = diagnostics.snapshot(model, task, x, y, 0)
     with flushed_denormals():
-        snap = diagnostics.snapshot(model, task, x, y, 0)
-        assert denormals_flushed()  # restored after the snapshot
-        flushed = diagnostics.gradient_profile(model, task, x, y)
-    tiny = [t for t, g in enumerate(snap["profile"]) if 0 < g < 1.18e-38]
-    assert tiny, f"no denormal gradient in the profile: {snap['profile'][:5]}"
-    assert all(flushed[t] == 0.0 for t in tiny)
-    assert snap["profile"][-1] == pytest.approx(flushed[-1], rel=1e-6)  # near the loss: normal floats, same value
+        flushed = diagnostics.snapshot(model, task, x, y, 0)
+        assert denormals_flushed()
+    tiny = [t for t, g in enumerate(ieee["profile"]) if 0 < g < 1.18e-38]
+    assert tiny, f"no denormal gradient in the IEEE profile: {ieee['profile'][:5]}"
+    assert all(flushed["profile"][t] == 0.0 for t in tiny)
+    assert flushed["profile_zero_frac"] > ieee["profile_zero_frac"]
+    assert flushed["profile"][-1] == pytest.approx(ieee["profile"][-1], rel=1e-6)
