@@ -194,6 +194,17 @@ def cpu_baseline_path(kind: str) -> Path:
     return BASELINE.with_name(f"baseline-{re.sub(r'[^a-z0-9]+', '-', kind.lower()).strip('-')}.json")
 
 
+def default_tolerance(dev: str) -> float:
+    """For a baseline that states none (a new one): a CPU baseline takes perf/baseline.json's (the
+    same noisy kind of machine, another CPU), anything else DEFAULT_TOL."""
+    if dev == "cpu":
+        try:
+            return float(json.loads(BASELINE.read_text()).get("tolerance", DEFAULT_TOL))
+        except (OSError, json.JSONDecodeError, TypeError, ValueError):
+            pass
+    return DEFAULT_TOL
+
+
 def timer_of(data: dict) -> str:
     for b in data.get("benchmarks", []):
         return b.get("options", {}).get("timer", "perf_counter")
@@ -275,7 +286,7 @@ def main(argv=None) -> int:
         print(f"perf/check.py: {a.result} was measured on {dev}, the baseline {bpath} on {bdev}; "
               f"compare like with like (GPU results: {BASELINE_CUDA.relative_to(ROOT)})", file=sys.stderr)
         return 2
-    tol = a.tolerance if a.tolerance is not None else baseline.get("tolerance", DEFAULT_TOL)
+    tol = a.tolerance if a.tolerance is not None else baseline.get("tolerance", default_tolerance(dev))
 
     if a.save_baseline:
         if a.replace and a.keep_larger:

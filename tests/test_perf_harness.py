@@ -235,6 +235,8 @@ def test_check_keeps_one_baseline_per_kind_of_cpu(tmp_path, monkeypatch, capsys)
     amd = result("amd.json", 0.020, "AMD EPYC 7B13 64-Core Processor")          # bn_lstm 2.0x the reference
     intel = result("intel.json", 0.030, "Intel(R) Xeon(R) Processor")           # 3.0x: +50% on AMD's baseline
     assert run(amd, "--save-baseline")[0] == 0
+    base = json.loads((tmp_path / "baseline.json").read_text())
+    (tmp_path / "baseline.json").write_text(json.dumps({**base, "tolerance": 0.4}))
     amd_base = json.loads((tmp_path / "baseline.json").read_text())
     assert amd_base["measured"]["cpu"] == "AMD EPYC" and amd_base["measured"]["cpu_brand"].startswith("AMD EPYC 7B13")
     rc, out = run(intel)  # no Intel baseline yet: AMD's, with a note, and the +50% fails
@@ -243,6 +245,7 @@ def test_check_keeps_one_baseline_per_kind_of_cpu(tmp_path, monkeypatch, capsys)
     assert json.loads((tmp_path / "baseline.json").read_text()) == amd_base  # untouched
     intel_base = json.loads((tmp_path / "baseline-intel-xeon.json").read_text())
     assert intel_base["measured"]["cpu"] == "Intel Xeon" and intel_base["ratios"]["step/h64-T100/bn_lstm"] == 3.0
+    assert intel_base["tolerance"] == amd_base["tolerance"] == 0.4  # a new kind's baseline takes baseline.json's
     rc, out = run(intel)
     assert rc == 0 and "against baseline-intel-xeon.json" in out and "no baseline for" not in out
     rc, out = run(result("intel2.json", 0.045, "Intel(R) Xeon(R) Platinum 8488C"))  # +50% on Intel's own
