@@ -55,8 +55,8 @@ def flushed_denormals(on: bool = True):
     nothing for them (perf/README.md, "Denormals"). Values below 1.18e-38 are zero for training's
     purposes (any optimizer update they could make is below Adam's epsilon alone, 1e-8), and the
     gradient diagnostics, which run inside train(), then measure the gradients training gets: zero
-    there. (Kept, they would cost as much on Intel -- a snapshot of an LSTM at h128 T=1000 3.1 s
-    instead of under 1 s -- and carry a few bits of precision at most.)
+    there. (Kept, they cost the snapshots as much on Intel -- an LSTM's at h128 T=1000 3.1 s, 9.3
+    bare steps -- and carry a few bits of precision at most.)
 
     The mode is per thread, and a new thread starts with its creator's: at threads=1 (the default)
     all of a run's arithmetic is on this thread; with threads > 1 torch's worker threads keep the
