@@ -182,13 +182,18 @@ def cpu_kind(brand: str) -> str:
     return " ".join(words[:2]) if words else "unknown CPU"
 
 
+def _default_baseline() -> dict:
+    """perf/baseline.json, or {} where there is none (or it cannot be read)."""
+    try:
+        return json.loads(BASELINE.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def cpu_baseline_path(kind: str) -> Path:
     """Where the baseline of a CPU kind lives: perf/baseline.json if it is that kind's (or there is
     none yet), else perf/baseline-<kind>.json."""
-    try:
-        default_cpu = (json.loads(BASELINE.read_text()).get("measured") or {}).get("cpu")
-    except (OSError, json.JSONDecodeError):
-        default_cpu = None
+    default_cpu = (_default_baseline().get("measured") or {}).get("cpu")
     if default_cpu is None or cpu_kind(default_cpu) == kind:
         return BASELINE
     return BASELINE.with_name(f"baseline-{re.sub(r'[^a-z0-9]+', '-', kind.lower()).strip('-')}.json")
@@ -197,12 +202,7 @@ def cpu_baseline_path(kind: str) -> Path:
 def default_tolerance(dev: str) -> float:
     """For a baseline that states none (a new one): a CPU baseline takes perf/baseline.json's (the
     same noisy kind of machine, another CPU), anything else DEFAULT_TOL."""
-    if dev == "cpu":
-        try:
-            return float(json.loads(BASELINE.read_text()).get("tolerance", DEFAULT_TOL))
-        except (OSError, json.JSONDecodeError, TypeError, ValueError):
-            pass
-    return DEFAULT_TOL
+    return float(_default_baseline().get("tolerance", DEFAULT_TOL)) if dev == "cpu" else DEFAULT_TOL
 
 
 def timer_of(data: dict) -> str:
@@ -311,7 +311,6 @@ def main(argv=None) -> int:
         new = {} if a.replace else dict(old)
         for k, v in cur.items():
             new[k] = round(max(v["value"], old[k]) if a.keep_larger and k in old else v["value"], 4)
-        mi = data.get("machine_info", {})
         measured = {"date": datetime.date.today().isoformat(),
                     "commit": data.get("commit_info", {}).get("id"),
                     "timer": timer_of(data),
