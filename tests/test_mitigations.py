@@ -79,11 +79,15 @@ def test_cell_loop_twin_matches_the_model(mit, task_name, small_model):
         task.loss(b, y).backward()
         gb = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
         model.zero_grad()
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+        # float32 rounding accumulates over the steps, and the two paths sum in different orders (BLAS
+        # kernels differ between CPUs): tolerances relative to the tensor's scale. Measured worst cases
+        # on an Intel Xeon: outputs 2.9e-6 of max|out| (bn_lstm, adding); gradients 1.7e-3 of max|grad|
+        # (bn_lstm, digits, training mode: batch statistics of 5 sequences amplify rounding), 1e-4 for
+        # every other case. The exact comparison is the double-precision one below (1e-8 relative).
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 + 1e-5 * a.abs().max().item()), (a - b).abs().max()
         for u, v in zip(ga, gb):
             assert (u is None) == (v is None)
-            # float32 rounding accumulates over the steps: tolerance relative to the gradient's scale
-            assert u is None or torch.allclose(u, v, rtol=1e-4, atol=1e-6 + 1e-3 * u.abs().max()), (u - v).abs().max()
+            assert u is None or torch.allclose(u, v, rtol=1e-4, atol=1e-6 + 5e-3 * u.abs().max().item()), (u - v).abs().max()
     # in double precision the two agree to rounding, values and gradients, in both modes
     model = model.double()
     xd = x.double()
