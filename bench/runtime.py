@@ -50,7 +50,7 @@ def flushed_denormals(on: bool = True):
 
     Why training flushes: on Intel CPUs every arithmetic operation on a denormal takes a microcode
     assist, ~100x an ordinary one, and vanishing gradients are exactly what makes them: at T=1000 a
-    backward pass through nn.LSTM at hidden 64 took 1.1-1.4 s a step instead of 0.13 s (nn.GRU 0.39 s
+    backward pass through nn.LSTM at hidden 64 took 1.1-1.4 s a step instead of 0.13 s (the suite's GRU 0.39 s
     instead of 0.12 s; the T=100 step is unaffected) on an Intel Xeon, where AMD EPYC pays almost
     nothing for them (perf/README.md, "Denormals"). Values below 1.18e-38 are zero for training's
     purposes (any optimizer update they could make is below Adam's epsilon alone, 1e-8), and the
