@@ -540,6 +540,11 @@ def _size(b):
     return f"h{e['hidden']}-T{e['T']}"
 
 
+def cpu_brand(bench_json: dict) -> str:
+    """The CPU's brand string as pytest-benchmark records it (machine_info.cpu.brand_raw), or ""."""
+    return ((bench_json.get("machine_info") or {}).get("cpu") or {}).get("brand_raw") or ""
+
+
 def collect(bench_json: dict) -> Dict[str, dict]:
     """{name: benchmark} for this suite's benchmarks (extra_info['kind'] set)."""
     out = {}

@@ -75,7 +75,7 @@ def provenance(device, threads, model=None) -> dict:
         "threads_requested": threads,
         "git_commit": git_commit(),
         "malloc": runtime.MALLOC_MODE,
-        "denormals": "flushed" if runtime.denormals_flushed() else "kept",  # in training (runtime.flushed_denormals)
+        "denormals": runtime.denormal_mode(),  # in training (runtime.flushed_denormals)
         "normseq_backend": native.backend(device) if model is not None and native.uses_norm_cells(model) else None,
         "recurrence_backend": native.recurrence_backend(model, device) if model is not None else None,
         "hostname": socket.gethostname(),

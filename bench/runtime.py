@@ -41,6 +41,11 @@ def denormals_flushed() -> bool:
     return (torch.tensor([1e-39], dtype=torch.float32) * 1.0).item() == 0.0
 
 
+def denormal_mode() -> str:
+    """"flushed" or "kept": this thread's mode, as records and the perf suite's header name it."""
+    return "flushed" if denormals_flushed() else "kept"
+
+
 @contextmanager
 def flushed_denormals(on: bool = True):
     """Run a block with this thread's denormal floats (|x| < 1.18e-38 in float32) flushed to zero

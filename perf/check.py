@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.perf import collect, ratios, targets  # noqa: E402
+from bench.perf import collect, cpu_brand, ratios, targets  # noqa: E402
 
 BASELINE = ROOT / "perf" / "baseline.json"
 BASELINE_CUDA = ROOT / "perf" / "baseline-cuda.json"
@@ -164,11 +164,6 @@ def device_of(data: dict) -> str:
     return extra_of(data, "device", "cpu").split(":")[0]
 
 
-def cpu_of(data: dict) -> str:
-    """The CPU's brand string as pytest-benchmark records it (machine_info.cpu.brand_raw)."""
-    return ((data.get("machine_info") or {}).get("cpu") or {}).get("brand_raw") or ""
-
-
 def cpu_kind(brand: str) -> str:
     """The kind of CPU a baseline holds for: vendor and line ("AMD EPYC", "Intel Xeon", "Apple M2").
     Ratios differ between kinds (their kernels favour different code: rnn+tbptt:20 at h64 T=100
@@ -190,19 +185,19 @@ def _default_baseline() -> dict:
         return {}
 
 
-def cpu_baseline_path(kind: str) -> Path:
-    """Where the baseline of a CPU kind lives: perf/baseline.json if it is that kind's (or there is
-    none yet), else perf/baseline-<kind>.json."""
-    default_cpu = (_default_baseline().get("measured") or {}).get("cpu")
+def cpu_baseline_path(kind: str, default: dict) -> Path:
+    """Where the baseline of a CPU kind lives: perf/baseline.json (`default`, as read) if it is that
+    kind's (or there is none yet), else perf/baseline-<kind>.json."""
+    default_cpu = (default.get("measured") or {}).get("cpu")
     if default_cpu is None or cpu_kind(default_cpu) == kind:
         return BASELINE
     return BASELINE.with_name(f"baseline-{re.sub(r'[^a-z0-9]+', '-', kind.lower()).strip('-')}.json")
 
 
-def default_tolerance(dev: str) -> float:
-    """For a baseline that states none (a new one): a CPU baseline takes perf/baseline.json's (the
-    same noisy kind of machine, another CPU), anything else DEFAULT_TOL."""
-    return float(_default_baseline().get("tolerance", DEFAULT_TOL)) if dev == "cpu" else DEFAULT_TOL
+def default_tolerance(dev: str, default: dict) -> float:
+    """For a baseline that states none (a new one): a CPU baseline takes perf/baseline.json's
+    (`default`; the same noisy kind of machine, another CPU), anything else DEFAULT_TOL."""
+    return float(default.get("tolerance", DEFAULT_TOL)) if dev == "cpu" else DEFAULT_TOL
 
 
 def timer_of(data: dict) -> str:
@@ -244,8 +239,9 @@ def main(argv=None) -> int:
             print(f"perf/check.py: A was measured on {device_of(A)}, B on {device_of(B)}: ratios of different "
                   "devices are not comparable", file=sys.stderr)
             return 2
-        if cpu_kind(cpu_of(A)) != cpu_kind(cpu_of(B)):
-            print(f"WARNING: A was measured on {cpu_kind(cpu_of(A))}, B on {cpu_kind(cpu_of(B))}: ratios differ between "
+        ka, kb = cpu_kind(cpu_brand(A)), cpu_kind(cpu_brand(B))
+        if ka != kb:
+            print(f"WARNING: A was measured on {ka}, B on {kb}: ratios differ between "
                   "kinds of CPU (see cpu_kind); compare two commits on one machine")
         if malloc_of(A) != malloc_of(B):
             print(f"WARNING: A was measured with malloc={malloc_of(A)}, B with malloc={malloc_of(B)}: "
@@ -270,23 +266,28 @@ def main(argv=None) -> int:
         print(f"perf/check.py: {a.result} holds no benchmark of perf/test_perf.py", file=sys.stderr)
         return 2
     dev = device_of(data)
-    kind = cpu_kind(cpu_of(data))
+    brand = cpu_brand(data)
+    kind = cpu_kind(brand)
+    default = _default_baseline()
     if a.baseline:
         bpath = Path(a.baseline)
     else:  # CPU results: the baseline of this kind of CPU (perf/baseline.json or perf/baseline-<kind>.json)
-        bpath = cpu_baseline_path(kind) if dev == "cpu" else BASELINE_CUDA
+        bpath = cpu_baseline_path(kind, default) if dev == "cpu" else BASELINE_CUDA
         if dev == "cpu" and not bpath.exists() and not a.save_baseline:
             print(f"NOTE: no baseline for {kind} CPUs yet ({bpath.relative_to(ROOT)}): checking against "
                   f"{BASELINE.relative_to(ROOT)}, measured on another kind of CPU, whose ratios can differ by more "
                   f"than the tolerance; save this kind's with: python perf/check.py {a.result} --save-baseline")
             bpath = BASELINE
-    baseline = json.loads(bpath.read_text()) if bpath.exists() else {"ratios": {}}
+    if bpath == BASELINE and default:
+        baseline = default
+    else:
+        baseline = json.loads(bpath.read_text()) if bpath.exists() else {"ratios": {}}
     bdev = (baseline.get("measured") or {}).get("device", "cpu" if baseline.get("ratios") else dev)
     if bdev != dev:
         print(f"perf/check.py: {a.result} was measured on {dev}, the baseline {bpath} on {bdev}; "
               f"compare like with like (GPU results: {BASELINE_CUDA.relative_to(ROOT)})", file=sys.stderr)
         return 2
-    tol = a.tolerance if a.tolerance is not None else baseline.get("tolerance", default_tolerance(dev))
+    tol = a.tolerance if a.tolerance is not None else baseline.get("tolerance", default_tolerance(dev, default))
 
     if a.save_baseline:
         if a.replace and a.keep_larger:
@@ -317,8 +318,8 @@ def main(argv=None) -> int:
                     "malloc": malloc_of(data),
                     "device": dev,
                     "device_name": extra_of(data, "device_name"),
-                    "cpu": cpu_kind(cpu_of(data)) if cpu_of(data) else None,
-                    "cpu_brand": cpu_of(data) or None,
+                    "cpu": kind if brand else None,
+                    "cpu_brand": brand or None,
                     "quick": os.environ.get("BENCH_PERF_QUICK", ""),
                     "note": "2 shared CPU cores, noisy; torch.set_num_threads(1)" if dev == "cpu"
                             else "GPU; torch.set_num_threads(1) on the host"}

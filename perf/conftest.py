@@ -45,7 +45,7 @@ def pytest_collection_finish(session):
 def pytest_report_header(config):
     info = perf.device_info()
     return (f"bench perf: device={info['device']} ({info['device_name']}), malloc={perf.MALLOC_MODE}, "
-            f"denormals={'flushed' if runtime.denormals_flushed() else 'kept'}, quick={os.environ.get('BENCH_PERF_QUICK', '')!r}")
+            f"denormals={runtime.denormal_mode()}, quick={os.environ.get('BENCH_PERF_QUICK', '')!r}")
 
 
 @pytest.fixture(autouse=True, scope="session")

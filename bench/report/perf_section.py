@@ -42,7 +42,9 @@ def perf_source(data: dict, bs: List[dict], path) -> str:
     """Where the results come from: file, size of the run, date, commit, CPU, device, clock."""
     e0 = bs[0]["extra_info"]
     timer = (bs[0].get("options") or {}).get("timer", "?")
-    cpu = ((data.get("machine_info") or {}).get("cpu") or {}).get("brand_raw") or "an unnamed CPU"
+    from ..perf import cpu_brand
+
+    cpu = cpu_brand(data) or "an unnamed CPU"
     commit = ((data.get("commit_info") or {}).get("id") or "")[:7] or "an unknown commit"
     quick = not any(b["extra_info"].get("hidden") == 128 for b in bs)
     return (f"From {path}: {len(bs)} benchmarks of the perf suite ({'quick' if quick else 'full'} mode), run "
