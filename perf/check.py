@@ -6,7 +6,10 @@
     python perf/check.py --compare A.json B.json      # B (e.g. a new commit) against A, no retry
 
 Ratios measured on a GPU (BENCH_PERF_DEVICE=cuda) are checked against perf/baseline-cuda.json,
-those on the CPU against perf/baseline.json; a result is never compared with another device's.
+those on the CPU against the baseline of their kind of CPU (perf/baseline.json: AMD EPYC;
+perf/baseline-<kind>.json, e.g. perf/baseline-intel-xeon.json; a kind without one is checked
+against perf/baseline.json, with a note); a result is never compared with another device's.
+A --baseline that does not exist is an error (exit 2), unless --save-baseline creates it.
 
 Every tracked value is a ratio of two medians measured in the same run (bench.perf.ratios): a
 step against the interleaved bare nn.LSTM reference of the same size, T=1000 against T=100, the
@@ -21,12 +24,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -177,6 +182,22 @@ def cpu_kind(brand: str) -> str:
     return " ".join(words[:2]) if words else "unknown CPU"
 
 
+def read_baseline(path: Path) -> Optional[dict]:
+    """A baseline file's content, or None after saying on stderr why it cannot be used (not JSON,
+    not an object, "ratios" not an object of numbers)."""
+    try:
+        b = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"perf/check.py: cannot read the baseline {path}: {e}", file=sys.stderr)
+        return None
+    ratios_ = b.get("ratios") if isinstance(b, dict) else None
+    if not isinstance(ratios_, dict) or not all(isinstance(v, (int, float)) for v in ratios_.values()):
+        print(f"perf/check.py: {path} is not a baseline of perf/check.py (a JSON object whose \"ratios\" maps "
+              "each ratio's key to a number)", file=sys.stderr)
+        return None
+    return b
+
+
 def _default_baseline() -> dict:
     """perf/baseline.json, or {} where there is none (or it cannot be read)."""
     try:
@@ -210,7 +231,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("result", nargs="?", help="pytest-benchmark JSON (--benchmark-json) of perf/test_perf.py")
     ap.add_argument("--baseline", default=None,
-                    help="baseline of ratios (default perf/baseline.json; for GPU results perf/baseline-cuda.json)")
+                    help="baseline of ratios (default: this kind of CPU's, perf/baseline.json or "
+                         "perf/baseline-<kind>.json; for GPU results perf/baseline-cuda.json)")
     ap.add_argument("--tolerance", type=float, default=None,
                     help=f"allowed relative growth of a ratio (default: the baseline's, else {DEFAULT_TOL})")
     ap.add_argument("--no-retry", action="store_true", help="fail at once, do not re-run regressed measurements")
@@ -230,6 +252,10 @@ def main(argv=None) -> int:
     ap.add_argument("--summary", action="store_true", help="print the table of step medians and exit")
     ap.add_argument("--fail-on-miss", action="store_true", help="also exit 1 when an absolute target is missed")
     a = ap.parse_args(argv)
+    if a.tolerance is not None and not (math.isfinite(a.tolerance) and a.tolerance >= 0):
+        print(f"perf/check.py: --tolerance must be a finite number >= 0 (the allowed relative growth of a ratio: "
+              f"0.35 = 35%), got {a.tolerance}", file=sys.stderr)
+        return 2
 
     if a.compare:
         A, B = load(a.compare[0]), load(a.compare[1])
@@ -271,6 +297,12 @@ def main(argv=None) -> int:
     default = _default_baseline()
     if a.baseline:
         bpath = Path(a.baseline)
+        if not bpath.exists() and not a.save_baseline:
+            known = sorted(str(p.relative_to(ROOT)) for p in BASELINE.parent.glob("baseline*.json"))
+            print(f"perf/check.py: no baseline at {bpath} (baselines here: {', '.join(known) or 'none'}); "
+                  "leave out --baseline to check against this kind of CPU's, or create this one with: "
+                  f"python perf/check.py {a.result} --save-baseline --baseline {bpath}", file=sys.stderr)
+            return 2
     else:  # CPU results: the baseline of this kind of CPU (perf/baseline.json or perf/baseline-<kind>.json)
         bpath = cpu_baseline_path(kind, default) if dev == "cpu" else BASELINE_CUDA
         if dev == "cpu" and not bpath.exists() and not a.save_baseline:
@@ -281,7 +313,9 @@ def main(argv=None) -> int:
     if bpath == BASELINE and default:
         baseline = default
     else:
-        baseline = json.loads(bpath.read_text()) if bpath.exists() else {"ratios": {}}
+        baseline = read_baseline(bpath) if bpath.exists() else {"ratios": {}}
+        if baseline is None:
+            return 2
     bdev = (baseline.get("measured") or {}).get("device", "cpu" if baseline.get("ratios") else dev)
     if bdev != dev:
         print(f"perf/check.py: {a.result} was measured on {dev}, the baseline {bpath} on {bdev}; "

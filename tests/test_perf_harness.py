@@ -254,10 +254,40 @@ def test_check_keeps_one_baseline_per_kind_of_cpu(tmp_path, monkeypatch, capsys)
     assert rc == 0 and "against baseline.json" in out
 
 
-def test_check_without_a_baseline_for_the_device_says_so(tmp_path):
+def test_check_without_a_baseline_for_the_device_says_so(tmp_path, monkeypatch, capsys):
+    """No --baseline and none yet for the device (GPU results, perf/baseline-cuda.json): every ratio is
+    new, said with the command that saves one."""
+    check = _check_module()
+    monkeypatch.setattr(check, "BASELINE_CUDA", tmp_path / "baseline-cuda.json")
     (tmp_path / "gpu.json").write_text(json.dumps(_bench_json(0.020, device="cuda")))
-    r = _check(tmp_path, tmp_path / "gpu.json", "--baseline", tmp_path / "none.json")
-    assert r.returncode == 0 and "no baseline at" in r.stdout and "--save-baseline" in r.stdout
+    rc = check.main([str(tmp_path / "gpu.json"), "--no-retry", "--report", str(tmp_path / "out.md")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "no baseline at" in out and "--save-baseline" in out
+
+
+def test_check_refuses_a_named_baseline_that_is_not_there_or_not_a_baseline(tmp_path):
+    """--baseline naming a missing file (a typo would otherwise pass every check: all ratios "new") or a
+    file that is not a baseline: exit 2 with the reason; --save-baseline still creates a new one."""
+    (tmp_path / "a.json").write_text(json.dumps(_bench_json(0.020)))
+    r = _check(tmp_path, tmp_path / "a.json", "--baseline", tmp_path / "typo.json")
+    assert r.returncode == 2 and "no baseline at" in r.stderr and "perf/baseline.json" in r.stderr
+    assert "--save-baseline --baseline" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "junk.json").write_text("not json")
+    r = _check(tmp_path, tmp_path / "a.json", "--baseline", tmp_path / "junk.json")
+    assert r.returncode == 2 and "cannot read the baseline" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "list.json").write_text(json.dumps({"ratios": [2.0]}))
+    r = _check(tmp_path, tmp_path / "a.json", "--baseline", tmp_path / "list.json")
+    assert r.returncode == 2 and "is not a baseline" in r.stderr
+    r = _check(tmp_path, tmp_path / "a.json", "--baseline", tmp_path / "new.json", "--save-baseline")
+    assert r.returncode == 0 and json.loads((tmp_path / "new.json").read_text())["ratios"]
+
+
+@pytest.mark.parametrize("tol", ["-0.1", "nan", "inf"])
+def test_check_refuses_a_tolerance_that_is_not_a_growth(tmp_path, tol):
+    (tmp_path / "a.json").write_text(json.dumps(_bench_json(0.020)))
+    for args in ([tmp_path / "a.json"], ["--compare", tmp_path / "a.json", tmp_path / "a.json"]):
+        r = _check(tmp_path, *args, f"--tolerance={tol}")
+        assert r.returncode == 2 and "--tolerance must be a finite number >= 0" in r.stderr, r.stdout + r.stderr
 
 
 # -- target 5's bound (stacking seeds: not implemented, its best case measured) ----------------------
@@ -322,7 +352,8 @@ def test_check_reports_the_stack_bound_and_does_not_count_it_as_a_miss(tmp_path)
     data = _bench_json(0.012)  # bn_lstm 1.2x the fused LSTM: T2 passes
     data["benchmarks"] += _stack_json(0.12, 0.10)["benchmarks"]
     (tmp_path / "s.json").write_text(json.dumps(data))
-    r = _check(tmp_path, tmp_path / "s.json", "--baseline", tmp_path / "none.json", "--fail-on-miss")
+    (tmp_path / "empty.json").write_text(json.dumps({"ratios": {}}))  # no ratio to regress against
+    r = _check(tmp_path, tmp_path / "s.json", "--baseline", tmp_path / "empty.json", "--fail-on-miss")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 MISS of" in r.stdout
     line = next(ln for ln in (tmp_path / "out.md").read_text().splitlines() if "T5 bound" in ln)
