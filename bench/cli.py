@@ -252,18 +252,16 @@ def _training_process_setup() -> None:
     """Keep freed memory in the process (glibc): a training step's large buffers are then reused
     instead of fresh pages from the OS every step (2x faster LSTM steps at T=1000 here; see
     perf/README.md). BENCH_MALLOC=default keeps glibc's adaptive default."""
-    import os
+    from .runtime import configure_malloc, env_choice
 
-    from .runtime import configure_malloc
-
-    configure_malloc("default" if os.environ.get("BENCH_MALLOC") == "default" else "pinned")
+    configure_malloc(env_choice("BENCH_MALLOC", ("pinned", "default"), "pinned"))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.cmd in ("run", "run-cell"):
-        _training_process_setup()
     try:
+        if args.cmd in ("run", "run-cell"):
+            _training_process_setup()
         if args.cmd == "list":
             return cmd_list(args)
         if args.cmd == "run":

@@ -2,9 +2,27 @@
 from __future__ import annotations
 
 import gc
+import os
 from contextlib import contextmanager
+from typing import Sequence
 
 MALLOC_MODE = "default"  # set by configure_malloc (python -m bench run/run-cell; perf/conftest.py)
+
+
+def env_choice(name: str, choices: Sequence[str], default: str) -> str:
+    """The value of the environment switch `name` (unset or empty: `default`), one of `choices`.
+    Any other value is a BenchError naming the variable, its value and the valid choices: a switch
+    set to something it does not know (BENCH_NORMSEQ_NATIVE=off, BENCH_MALLOC=glibc) is never
+    quietly read as one of them."""
+    from .errors import BenchError
+
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if value not in choices:
+        raise BenchError(f"environment variable {name}={value!r} is not a valid setting; valid choices: "
+                         f"{', '.join(choices)} (unset: {default})")
+    return value
 
 
 def configure_malloc(mode: str) -> str:

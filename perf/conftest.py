@@ -8,9 +8,6 @@ import torch
 
 from bench import perf, runtime
 
-# Reproducible allocator regime for the whole session (see bench.perf.configure_malloc);
-# BENCH_PERF_MALLOC=default measures glibc's adaptive default instead.
-perf.configure_malloc(os.environ.get("BENCH_PERF_MALLOC", "pinned"))
 # Denormals flushed to zero for the whole session, as train() runs its steps (bench.runtime.flushed_denormals):
 # the bare loops and references then run in the engine's arithmetic, and EngineStep mirrors train()'s loop.
 # Set before torch's thread pool starts, so that its threads inherit it too.
@@ -23,6 +20,10 @@ def pytest_configure(config):
     from bench.errors import BenchError
 
     try:
+        # reproducible allocator regime for the whole session (bench.runtime.configure_malloc);
+        # BENCH_PERF_MALLOC=default measures glibc's adaptive default instead
+        perf.configure_malloc(runtime.env_choice("BENCH_PERF_MALLOC", ("pinned", "default"), "pinned"))
+        runtime.env_choice("BENCH_PERF_QUICK", ("0", "1"), "0")  # read by test_perf.py; checked here
         dev = perf.configure_device(os.environ.get("BENCH_PERF_DEVICE", "cpu"))
     except BenchError as e:
         raise pytest.UsageError(str(e)) from None

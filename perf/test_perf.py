@@ -10,14 +10,12 @@ benchmark includes; the step bodies are in bench/perf.py.
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from bench import perf
+from bench import perf, runtime
 from bench.perf import ALL, CELL_LOOPS, FUSED, node_id
 
-QUICK = os.environ.get("BENCH_PERF_QUICK", "") not in ("", "0")
+QUICK = runtime.env_choice("BENCH_PERF_QUICK", ("0", "1"), "0") == "1"  # a bad value: perf/conftest.py's usage error
 
 # -- what runs -----------------------------------------------------------------------------------
 if QUICK:

@@ -74,6 +74,16 @@ def test_perf_suite_refuses_an_unknown_device_before_running_anything():
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("var,value,choices", [("BENCH_PERF_MALLOC", "glibc", "pinned, default"),
+                                               ("BENCH_PERF_QUICK", "yes", "0, 1")])
+def test_perf_suite_refuses_an_unknown_switch_value_before_running_anything(var, value, choices):
+    r = subprocess.run([sys.executable, "-m", "pytest", "perf", "-q", "--collect-only", "-p", "no:cacheprovider"],
+                       cwd=ROOT, env={**os.environ, var: value}, capture_output=True, text=True)
+    assert r.returncode == 4, r.stdout + r.stderr  # pytest's usage error
+    assert f"{var}={value!r} is not a valid setting; valid choices: {choices}" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize("name", ["rnn+clipnorm:1", "lstm+clipvalue:0.5", "ln_lstm", "gru+tbptt:5"])
 def test_engine_step_with_deferred_host_checks_computes_the_same_step(name):
     """The CUDA form of EngineStep (loss and gradient norm left on the device, one sync at the end

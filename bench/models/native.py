@@ -45,7 +45,9 @@ def _flags():
 
 
 def enabled() -> bool:
-    return os.environ.get("BENCH_NORMSEQ_NATIVE", "1") != "0"
+    from ..runtime import env_choice
+
+    return env_choice("BENCH_NORMSEQ_NATIVE", ("0", "1"), "1") == "1"
 
 
 def kernel():

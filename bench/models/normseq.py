@@ -26,12 +26,13 @@ which runs one call per chunk from a detached state.
 """
 from __future__ import annotations
 
-import os
 import warnings
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from ..runtime import env_choice
 
 _LN_BWD = torch.ops.aten.native_layer_norm_backward.default
 _BN_BWD = torch.ops.aten.native_batch_norm_backward.default
@@ -370,7 +371,7 @@ def _scripted(name: str):
     (BENCH_NORMSEQ_JIT=0) or when TorchScript cannot compile it here (then the Python loops run)."""
     if name not in _JIT:
         fn = None
-        if os.environ.get("BENCH_NORMSEQ_JIT", "1") != "0":
+        if env_choice("BENCH_NORMSEQ_JIT", ("0", "1"), "1") == "1":
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # torch.jit.script's deprecation notice
