@@ -569,11 +569,11 @@ def claim_9(df) -> Claim:
 
 def claim_10(df) -> Claim:
     c = Claim(10, "GRU is simpler and faster than LSTM",
-              f"Parameter count of the recurrence (structural: 3 gate blocks vs 4). Step time: log(ms per step GRU / "
-              f"LSTM) paired by (task, length, seed), bootstrap 95% interval of the median; sign test (binomial, "
-              f"two-sided) on the pairs. Supported if the upper end < 0, contradicted if the lower end > 0. "
-              f"Measured on this machine; CPU kernels differ from GPU ones, and the step time measures the "
-              f"implementation that ran (named in the result, from the records' recurrence_backend).",
+              "Parameter count of the recurrence (structural: 3 gate blocks vs 4). Step time: log(ms per step GRU / "
+              "LSTM) paired by (task, length, seed), bootstrap 95% interval of the median; sign test (binomial, "
+              "two-sided) on the pairs. Supported if the upper end < 0, contradicted if the lower end > 0. "
+              "Measured on this machine; CPU kernels differ from GPU ones, and the step time measures the "
+              "implementation that ran (named in the result, from the records' recurrence_backend).",
               figures=["step_time"])
     C = chosen(df)
     g, l = C[C["m_name"] == "gru"], C[C["m_name"] == "lstm"]

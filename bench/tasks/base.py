@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import BenchError
-from ..seeding import derive_seed, generator
+from ..seeding import generator
 
 # A sequence is "wrong" for a regression task when its squared error exceeds this
 # (Pascanu et al. 2013: solved when < 1% of fresh sequences have squared error > 0.04).
