@@ -15,7 +15,9 @@ torch.set_flush_denormal(True)
 
 
 def pytest_configure(config):
-    """BENCH_PERF_DEVICE (cpu | cuda | cuda:N; default cpu): where every step of the suite runs.
+    """The suite's switches, checked before anything runs (a value outside the choices is pytest's
+    usage error, naming them): BENCH_PERF_MALLOC (pinned | default), BENCH_PERF_QUICK (0 | 1),
+    BENCH_PERF_DEVICE (cpu | cuda | cuda:N; default cpu): where every step of the suite runs.
     On CUDA the clock must be wall time: CPU time (time.process_time) does not see the GPU work."""
     from bench.errors import BenchError
 
