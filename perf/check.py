@@ -182,28 +182,29 @@ def cpu_kind(brand: str) -> str:
     return " ".join(words[:2]) if words else "unknown CPU"
 
 
-def read_baseline(path: Path) -> Optional[dict]:
-    """A baseline file's content, or None after saying on stderr why it cannot be used (not JSON,
-    not an object, "ratios" not an object of numbers)."""
+def read_baseline(path: Path, quiet: bool = False) -> Optional[dict]:
+    """A baseline file's content, or None -- after saying on stderr why it cannot be used (missing or
+    not JSON, not an object, "ratios" not an object of numbers), unless quiet."""
     try:
         b = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        print(f"perf/check.py: cannot read the baseline {path}: {e}", file=sys.stderr)
-        return None
-    ratios_ = b.get("ratios") if isinstance(b, dict) else None
-    if not isinstance(ratios_, dict) or not all(isinstance(v, (int, float)) for v in ratios_.values()):
-        print(f"perf/check.py: {path} is not a baseline of perf/check.py (a JSON object whose \"ratios\" maps "
-              "each ratio's key to a number)", file=sys.stderr)
-        return None
-    return b
+        why = f"cannot read the baseline {path}: {e}"
+        b = None
+    else:
+        ratios_ = b.get("ratios") if isinstance(b, dict) else None
+        if isinstance(ratios_, dict) and all(isinstance(v, (int, float)) for v in ratios_.values()):
+            return b
+        why = (f"{path} is not a baseline of perf/check.py (a JSON object whose \"ratios\" maps each ratio's key "
+               "to a number)")
+    if not quiet:
+        print(f"perf/check.py: {why}", file=sys.stderr)
+    return None
 
 
 def _default_baseline() -> dict:
-    """perf/baseline.json, or {} where there is none (or it cannot be read)."""
-    try:
-        return json.loads(BASELINE.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    """perf/baseline.json, or {} where there is none or it is not a baseline (then reported where
+    it is checked against)."""
+    return read_baseline(BASELINE, quiet=True) or {}
 
 
 def cpu_baseline_path(kind: str, default: dict) -> Path:
