@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import native
-from .normseq import NormSeq, native_kernel_for
+from .normseq import NormSeq, grad_for_kernel, native_kernel_for
 
 FAMILIES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
@@ -169,9 +169,9 @@ class NativeSeq(torch.autograd.Function):
         hbuf[0] = h0
         ctx.family = family
         if family == "gru":
-            gh, act = xs.new_empty(T, B, G), xs.new_empty(T, B, G)  # W_hh h + b_hh; r, z, n
-            k.gru_forward(xs, hbuf, gh, act, W.t(), b_hh.contiguous())
-            ctx.save_for_backward(hbuf, gh, act, W)
+            gn, act = xs.new_empty(T, B, H), xs.new_empty(T, B, G)  # n part of W_hh h + b_hh; r, z, n
+            k.gru_forward(xs, hbuf, gn, act, W.t(), b_hh.contiguous())
+            ctx.save_for_backward(hbuf, gn, act, W)
         else:
             k.plain_forward(xs, hbuf, W.t(), family == "rnn_relu")
             ctx.save_for_backward(hbuf, W)
@@ -180,24 +180,20 @@ class NativeSeq(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dhs):
         k = native.kernel()
-        dhs = dhs.contiguous()
         T, B, H = dhs.shape
         *saved, W = ctx.saved_tensors  # unpacked once
         Wc = W.contiguous()
-        if ctx.family == "gru":
-            hbuf, gh, act = saved
-            dxs, dg = dhs.new_empty(act.shape), dhs.new_empty(act.shape)
-            dh = k.gru_backward(dhs, dxs, dg, hbuf, gh, act, Wc)
-        else:
-            (hbuf,) = saved
-            dxs = dhs.new_empty(T, B, H)
-            dh = k.plain_backward(dhs, dxs, hbuf, Wc, ctx.family == "rnn_relu")
-            dg = dxs
         need = ctx.needs_input_grad
-        G = dg.shape[2]
-        dW = torch.mm(dg.view(T * B, G).t(), hbuf[:-1].reshape(T * B, H)) if need[3] else None
-        db = dg.sum((0, 1)) if need[4] else None
-        return None, dxs if need[1] else None, dh if need[2] else None, dW, db
+        if ctx.family == "gru":
+            hbuf, gn, act = saved
+            dxs, dW, db = dhs.new_empty(act.shape), W.new_empty(W.shape), W.new_empty(W.shape[0])
+            dh = k.gru_backward(*grad_for_kernel(dhs), dxs, dW, db, hbuf, gn, act, Wc)
+            return None, dxs if need[1] else None, dh if need[2] else None, dW if need[3] else None, \
+                db if need[4] else None
+        (hbuf,) = saved
+        dxs, dW = dhs.new_empty(T, B, H), W.new_empty(W.shape)
+        dh = k.plain_backward(*grad_for_kernel(dhs), dxs, dW, hbuf, Wc, ctx.family == "rnn_relu")
+        return None, dxs if need[1] else None, dh if need[2] else None, dW if need[3] else None, None
 
 
 class FusedRecurrence(Recurrence):

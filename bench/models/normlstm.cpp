@@ -6,7 +6,11 @@
 // buffers, same algebra as normseq's `_lstm_forward_loop` / `_lstm_backward_loop`: per time
 // step one matrix product (BLAS's sgemm, as at::mm calls it, see `gemm_rows`) and the rest -- the recurrent norm, the
 // gates, the cell update, the cell norm and their backward -- fused into a few passes over a
-// (B, 4H) block in L1/L2, instead of ~28 separate ATen calls per step. The numbers agree with
+// (B, 4H) block in L1/L2, instead of ~28 separate ATen calls per step. The backward also sums
+// W_hh's gradient step by step (dv_t^T h_{t-1}, one small product per step on a block still in
+// cache) rather than one (T*B, G)^T (T*B, H) product afterwards over a (T, B, G) buffer kept for
+// it: that product ran at a fraction of MKL's speed (a long, thin reduction) and the buffer had to
+// be written and read back from memory. The numbers agree with
 // the TorchScript loops to rounding (the order of the sums differs; tested), and are the same
 // run to run, bit for bit (no threads, no atomics).
 //
@@ -251,6 +255,23 @@ float* rows_of(const optional<Tensor>& t, int64_t i) {
   return t.has_value() && t->defined() ? t->data_ptr<float>() + i * t->size(1) : nullptr;
 }
 
+// C (n, p) += A^T P: A (m, n) and P (m, p) row-major with contiguous rows, C row-major -- a weight
+// gradient summed over one time step's block (m = the batch).
+void gemm_acc_tn(int64_t m, int64_t n, int64_t p, const float* A, const float* P, float* C) {
+#if defined(__linux__)
+  if (use_blas) {
+    // column-major view: C^T (p, n) += P^T (p, m) A (m, n)
+    const int M = static_cast<int>(p), N = static_cast<int>(n), K = static_cast<int>(m);
+    const float one = 1.f;
+    sgemm_("N", "T", &M, &N, &K, &one, P, &M, A, &N, &one, C, &M);
+    return;
+  }
+#endif
+  const auto f = at::TensorOptions().dtype(at::kFloat);
+  Tensor a = at::from_blob(const_cast<float*>(A), {m, n}, f), q = at::from_blob(const_cast<float*>(P), {m, p}, f);
+  at::from_blob(C, {n, p}, f).addmm_(a.t(), q);
+}
+
 }  // namespace
 
 // Fills hbuf[1:], vin, act, tg, cbuf[1:], tcn (as normseq's forward loop) and returns the
@@ -336,15 +357,21 @@ std::vector<Tensor> forward(Tensor xs, Tensor hbuf, Tensor vin, Tensor act, Tens
 }
 
 // Fills dxs (gradient of the gate pre-activations = of xs; with the folded input norm, of the raw
-// W_x x) and dv (of the recurrent norm's input); returns dh (of h0), dc (of c0), dgain_h,
+// W_x x), dv (of the recurrent norm's input: (T, B, G), or (1, B, G) for one step at a time) and dW
+// (G, H: of W_hh, summed step by step as dv_t^T h_{t-1}); returns dh (of h0), dc (of c0), dgain_h,
 // dgain_c, dbias_c -- as normseq's backward loop -- and the folded input norm's dgain_x, dbias
-// (empty without it). xs / gx: the raw input projection and gain_x when folded, else None.
-std::vector<Tensor> backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor hbuf, Tensor vin, Tensor W, Tensor act,
+// (empty without it). xs / gx: the raw input projection and gain_x when folded, else None. dhs:
+// (T, B, H), or (B, T, H) when batch_major.
+std::vector<Tensor> backward(Tensor dhs, bool batch_major, Tensor dxs, Tensor dv, Tensor dW, Tensor hbuf, Tensor vin, Tensor W, Tensor act,
                              Tensor tg, Tensor cbuf, Tensor tcn, bool ln, Tensor wh, Tensor wc, bool training,
                              Tensor mh, Tensor sh, Tensor mc, Tensor sc, Tensor mx, Tensor sx, optional<Tensor> xs,
                              optional<Tensor> gx) {
   const int64_t T = dxs.size(0), B = dxs.size(1), G = dxs.size(2), H = tg.size(2);
-  for (auto* p : {&dhs, &dxs, &dv, &vin, &act, &tg, &cbuf, &tcn, &wh, &wc, &mh, &sh, &mc, &sc}) check(*p, "a buffer");
+  for (auto* p : {&dhs, &dxs, &dv, &dW, &hbuf, &vin, &act, &tg, &cbuf, &tcn, &wh, &wc, &mh, &sh, &mc, &sc}) check(*p, "a buffer");
+  const int64_t dv_step = dv.size(0) == 1 ? 0 : B * G;
+  float* DW = dW.data_ptr<float>();
+  const float* Hb = hbuf.data_ptr<float>();
+  std::fill(DW, DW + G * H, 0.f);
   const int64_t nh = mh.size(1), nc = mc.size(1);
   Tensor dgain_h = at::zeros_like(wh), dgain_c = at::zeros_like(wc), dbias_c = at::zeros_like(wc);
   Tensor dc = dhs.new_zeros({B, H}), dh = dhs.new_zeros({B, H});
@@ -361,9 +388,8 @@ std::vector<Tensor> backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor hbuf, Ten
     const float* at_ = A + t * B * G;
     const float* tct = TC + t * B * H;
     float* dxt = DX + t * B * G;
-    const float* dht = DHS + t * B * H;
     for (int64_t b = 0; b < B; ++b) {
-      const float* __restrict dhr = dht + b * H;
+      const float* __restrict dhr = DHS + (batch_major ? b * T + t : t * B + b) * H;
       const float* __restrict dnext = DH + b * H;  // zeros at t = T - 1
       const float* __restrict tcr = tct + b * H;
       const float* __restrict ao = at_ + b * G + 3 * H;
@@ -387,13 +413,14 @@ std::vector<Tensor> backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor hbuf, Ten
                  dr + 2 * H);
     }
     norm_backward(ln, training, dxt, V + t * B * G, w_h, mh.data_ptr<float>() + t * nh, sh.data_ptr<float>() + t * nh,
-                  B, G, DV + t * B * G, dgh, nullptr, ta.data(), tb.data());
+                  B, G, DV + t * dv_step, dgh, nullptr, ta.data(), tb.data());
     if (fold)  // the input term's norm, in place: dxs becomes the gradient of W_x x
       norm_backward(ln, training, dxt, xs->data_ptr<float>() + t * B * G, gx->data_ptr<float>(),
                     mx.data_ptr<float>() + t * mx.size(1), sx.data_ptr<float>() + t * mx.size(1), B, G, dxt,
                     dgx.data_ptr<float>(),
                     dbx.data_ptr<float>(), ta.data(), tb.data());
-    gemm_rows(B, DV + t * B * G, Wm, 0.f, DH);
+    gemm_acc_tn(B, G, H, DV + t * dv_step, Hb + t * B * H, DW);  // dW += dv_t^T h_{t-1}
+    gemm_rows(B, DV + t * dv_step, Wm, 0.f, DH);
   }
   return {dh, dc, dgain_h, dgain_c, dbias_c, dgx, dbx};
 }
@@ -454,15 +481,21 @@ std::vector<Tensor> rnn_forward(Tensor xs, Tensor hbuf, Tensor vin, Tensor sig, 
   return {mean, rstd, mx, sx};
 }
 
-// Fills dv (of the norm's input; for ln it is dxs itself) and, for bn, dxs; returns dh (of h0),
+// Fills dv (of the norm's input; for ln it is dxs itself; for bn (T, B, H) or (1, B, H), one step at
+// a time), dW (H, H: of W_hh, summed step by step as dv_t^T h_{t-1}) and, for bn, dxs; returns dh (of h0),
 // dgain and dbias (ln; empty for bn), and the folded input norm's dgain_x, dbias (empty without
 // it). w: the norm's own (undoubled) gain; xs / gx: the raw input term and the undoubled gain_x
-// when folded (dxs then becomes the gradient of the raw W_x x), else None.
-std::vector<Tensor> rnn_backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor vin, Tensor W, Tensor sig, bool ln,
+// when folded (dxs then becomes the gradient of the raw W_x x), else None. dhs: (T, B, H), or
+// (B, T, H) when batch_major.
+std::vector<Tensor> rnn_backward(Tensor dhs, bool batch_major, Tensor dxs, Tensor dv, Tensor dW, Tensor hbuf, Tensor vin, Tensor W, Tensor sig, bool ln,
                                  Tensor w, bool training, Tensor mean, Tensor rstd, Tensor mx, Tensor sx,
                                  optional<Tensor> xs, optional<Tensor> gx) {
-  const int64_t T = dhs.size(0), B = dhs.size(1), H = dhs.size(2);
-  for (auto* p : {&dhs, &dxs, &dv, &vin, &sig, &w, &mean, &rstd}) check(*p, "a buffer");
+  const int64_t T = dxs.size(0), B = dxs.size(1), H = dxs.size(2);
+  for (auto* p : {&dhs, &dxs, &dv, &dW, &hbuf, &vin, &sig, &w, &mean, &rstd}) check(*p, "a buffer");
+  const int64_t dv_step = dv.size(0) == 1 ? 0 : B * H;
+  float* DW = dW.data_ptr<float>();
+  const float* Hb = hbuf.data_ptr<float>();
+  std::fill(DW, DW + H * H, 0.f);
   const int64_t n = mean.size(1);
   const bool fold = gx.has_value() && gx->defined();
   Tensor dgx = fold ? at::zeros_like(*gx) : w.new_empty({0}), dbx = fold ? at::zeros_like(*gx) : w.new_empty({0});
@@ -475,18 +508,22 @@ std::vector<Tensor> rnn_backward(Tensor dhs, Tensor dxs, Tensor dv, Tensor vin, 
   for (int64_t t = T - 1; t >= 0; --t) {
     // h = 2 sigmoid(2 pre) - 1: dh/dpre = 4 s (1 - s); bn: pre's gradient is also x_t's
     float* g = ln ? gn.data() : DX + t * B * H;
-    for (int64_t k = 0; k < B * H; ++k) {
-      const float s = S[t * B * H + k];
-      g[k] = (DHS[t * B * H + k] + DH[k]) * s * (1.f - s) * 4.f;
+    for (int64_t b = 0; b < B; ++b) {
+      const float* __restrict dy = DHS + (batch_major ? b * T + t : t * B + b) * H;
+      const float* __restrict s = S + (t * B + b) * H;
+      const float* __restrict dn = DH + b * H;
+      float* __restrict gr = g + b * H;
+      for (int64_t d = 0; d < H; ++d) gr[d] = (dy[d] + dn[d]) * s[d] * (1.f - s[d]) * 4.f;
     }
     norm_backward(ln, training, g, V + t * B * H, w.data_ptr<float>(), mean.data_ptr<float>() + t * n,
-                  rstd.data_ptr<float>() + t * n, B, H, DV + t * B * H, dgain.data_ptr<float>(),
+                  rstd.data_ptr<float>() + t * n, B, H, DV + t * dv_step, dgain.data_ptr<float>(),
                   ln ? dbias.data_ptr<float>() : nullptr, ta.data(), tb.data());
     if (fold)  // the input term's batch norm, in place: dxs becomes the gradient of W_x x
       norm_backward(false, training, g, xs->data_ptr<float>() + t * B * H, gx->data_ptr<float>(),
                     mx.data_ptr<float>() + t * H, sx.data_ptr<float>() + t * H, B, H, g, dgx.data_ptr<float>(),
                     dbx.data_ptr<float>(), ta.data(), tb.data());
-    gemm_rows(B, DV + t * B * H, Wm, 0.f, DH);
+    gemm_acc_tn(B, H, H, DV + t * dv_step, Hb + t * B * H, DW);  // dW += dv_t^T h_{t-1}
+    gemm_rows(B, DV + t * dv_step, Wm, 0.f, DH);
   }
   return {dh, dgain, dbias, dgx, dbx};
 }
@@ -536,44 +573,63 @@ inline void gru_grad_row(int64_t H, const float* __restrict dy, float* __restric
   }
 }
 
-// xs (T, B, 3H): W_ih x_t + b_ih. Fills hbuf[1:], gh (W_hh h + b_hh per step) and act (r, z, n).
-void gru_forward(Tensor xs, Tensor hbuf, Tensor gh, Tensor act, Tensor Wt, Tensor bhh) {
+// xs (T, B, 3H): W_ih x_t + b_ih. Fills hbuf[1:], gn (T, B, H: the n part of W_hh h + b_hh, which the
+// backward needs; the r and z parts live in a one-step block only) and act (r, z, n).
+void gru_forward(Tensor xs, Tensor hbuf, Tensor gn, Tensor act, Tensor Wt, Tensor bhh) {
   const int64_t T = xs.size(0), B = xs.size(1), G = xs.size(2), H = G / 3;
-  for (auto* p : {&xs, &hbuf, &gh, &act, &bhh}) check(*p, "a buffer");
-  const float* X = xs.data_ptr<float>();
-  float *Hb = hbuf.data_ptr<float>(), *GH = gh.data_ptr<float>(), *A = act.data_ptr<float>();
-  gh.copy_(bhh.expand({T, B, G}));  // b_hh once, then += h W_hh^T per step (no per-step copy)
+  for (auto* p : {&xs, &hbuf, &gn, &act, &bhh}) check(*p, "a buffer");
+  const float *X = xs.data_ptr<float>(), *bias = bhh.data_ptr<float>();
+  float *Hb = hbuf.data_ptr<float>(), *GN = gn.data_ptr<float>(), *A = act.data_ptr<float>();
+  std::vector<float> step(B * G);  // W_hh h + b_hh of one step: b_hh, then += h W_hh^T
   const Mat Wm = mat(Wt);
   for (int64_t t = 0; t < T; ++t) {
-    gemm_rows(B, Hb + t * B * H, Wm, 1.f, GH + t * B * G);
+    for (int64_t b = 0; b < B; ++b) std::memcpy(step.data() + b * G, bias, G * sizeof(float));
+    gemm_rows(B, Hb + t * B * H, Wm, 1.f, step.data());
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = (t * B + b) * G;
-      const float *xr = X + row, *gr = GH + row;
+      const float *xr = X + row, *gr = step.data() + b * G;
       float* ar = A + row;
       gru_row(H, xr, xr + H, xr + 2 * H, gr, gr + H, gr + 2 * H, Hb + (t * B + b) * H, ar, ar + H, ar + 2 * H,
               Hb + ((t + 1) * B + b) * H);
+      std::memcpy(GN + (t * B + b) * H, gr + 2 * H, H * sizeof(float));
     }
   }
 }
 
-// Fills dxs (of xs) and dgh (of W_hh h + b_hh, per step); returns dh (of h0).
-Tensor gru_backward(Tensor dhs, Tensor dxs, Tensor dgh, Tensor hbuf, Tensor gh, Tensor act, Tensor W) {
+// Fills dxs (of xs), dW (G, H: of W_hh) and db (G: of b_hh) -- both summed step by step from a
+// one-step block of the gradient of W_hh h + b_hh, which is never stored whole -- and returns dh
+// (of h0). dhs (of the outputs h_0 .. h_{T-1}): (T, B, H), or (B, T, H) when batch_major.
+Tensor gru_backward(Tensor dhs, bool batch_major, Tensor dxs, Tensor dW, Tensor db, Tensor hbuf, Tensor gn,
+                    Tensor act, Tensor W) {
   const int64_t T = dxs.size(0), B = dxs.size(1), G = dxs.size(2), H = G / 3;
-  for (auto* p : {&dhs, &dxs, &dgh, &hbuf, &gh, &act, &W}) check(*p, "a buffer");
+  for (auto* p : {&dhs, &dxs, &dW, &db, &hbuf, &gn, &act, &W}) check(*p, "a buffer");
   Tensor dh = dhs.new_zeros({B, H});
-  const float *DY = dhs.data_ptr<float>(), *Hb = hbuf.data_ptr<float>(), *GH = gh.data_ptr<float>();
+  const float *DY = dhs.data_ptr<float>(), *Hb = hbuf.data_ptr<float>(), *GN = gn.data_ptr<float>();
   const float* A = act.data_ptr<float>();
-  float *DX = dxs.data_ptr<float>(), *DG = dgh.data_ptr<float>(), *DH = dh.data_ptr<float>();
+  float *DX = dxs.data_ptr<float>(), *DW = dW.data_ptr<float>(), *DB = db.data_ptr<float>(), *DH = dh.data_ptr<float>();
+  std::fill(DW, DW + G * H, 0.f);
+  std::fill(DB, DB + G, 0.f);
+  std::vector<float> step(B * G), sum(G);  // one step's gradient of W_hh h + b_hh; its column sums
   const Mat Wm = mat(W);
   for (int64_t t = T - 1; t >= 0; --t) {
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = (t * B + b) * G;
       const float* ar = A + row;
-      float *dx = DX + row, *dg = DG + row;
-      gru_grad_row(H, DY + (t * B + b) * H, DH + b * H, Hb + (t * B + b) * H, ar, ar + H, ar + 2 * H,
-                   GH + row + 2 * H, dx, dx + H, dx + 2 * H, dg, dg + H, dg + 2 * H);
+      float *dx = DX + row, *dg = step.data() + b * G;
+      const float* dy = DY + (batch_major ? b * T + t : t * B + b) * H;
+      gru_grad_row(H, dy, DH + b * H, Hb + (t * B + b) * H, ar, ar + H, ar + 2 * H, GN + (t * B + b) * H, dx,
+                   dx + H, dx + 2 * H, dg, dg + H, dg + 2 * H);
     }
-    gemm_rows(B, DG + t * B * G, Wm, 1.f, DH);  // + d h_{t-1} through W_hh h
+    // db: the step's column sums (rows in order), then added to the total (steps in order)
+    std::memcpy(sum.data(), step.data(), G * sizeof(float));
+    for (int64_t b = 1; b < B; ++b) {
+      const float* __restrict dg = step.data() + b * G;
+      float* __restrict s = sum.data();
+      for (int64_t d = 0; d < G; ++d) s[d] += dg[d];
+    }
+    for (int64_t d = 0; d < G; ++d) DB[d] += sum[d];
+    gemm_acc_tn(B, G, H, step.data(), Hb + t * B * H, DW);  // dW += dg^T h_{t-1}
+    gemm_rows(B, step.data(), Wm, 1.f, DH);                 // + d h_{t-1} through W_hh h
   }
   return dh;
 }
@@ -595,23 +651,29 @@ void plain_forward(Tensor xs, Tensor hbuf, Tensor Wt, bool relu) {
   }
 }
 
-// Fills dxs (of the pre-activations = of xs); returns dh (of h0).
-Tensor plain_backward(Tensor dhs, Tensor dxs, Tensor hbuf, Tensor W, bool relu) {
+// Fills dxs (of the pre-activations = of xs) and dW (H, H: of W_hh, summed step by step as
+// dx_t^T h_{t-1}); returns dh (of h0). dhs: (T, B, H), or (B, T, H) when batch_major.
+Tensor plain_backward(Tensor dhs, bool batch_major, Tensor dxs, Tensor dW, Tensor hbuf, Tensor W, bool relu) {
   const int64_t T = dxs.size(0), B = dxs.size(1), H = dxs.size(2);
-  for (auto* p : {&dhs, &dxs, &hbuf, &W}) check(*p, "a buffer");
+  for (auto* p : {&dhs, &dxs, &dW, &hbuf, &W}) check(*p, "a buffer");
+  float* DW = dW.data_ptr<float>();
+  std::fill(DW, DW + H * H, 0.f);
   Tensor dh = dhs.new_zeros({B, H});
   const float *DY = dhs.data_ptr<float>(), *Hb = hbuf.data_ptr<float>();
   float *DX = dxs.data_ptr<float>(), *DH = dh.data_ptr<float>();
   const Mat Wm = mat(W);
   for (int64_t t = T - 1; t >= 0; --t) {
-    const float* __restrict y = Hb + (t + 1) * B * H;
-    const float* __restrict dy = DY + t * B * H;
-    const float* __restrict dn = DH;  // from step t+1 (zeros at t = T - 1)
-    float* __restrict dx = DX + t * B * H;
-    if (relu)
-      for (int64_t k = 0; k < B * H; ++k) dx[k] = y[k] > 0.f ? dy[k] + dn[k] : 0.f;
-    else
-      for (int64_t k = 0; k < B * H; ++k) dx[k] = (dy[k] + dn[k]) * (1.f - y[k] * y[k]);
+    for (int64_t b = 0; b < B; ++b) {
+      const float* __restrict y = Hb + ((t + 1) * B + b) * H;
+      const float* __restrict dy = DY + (batch_major ? b * T + t : t * B + b) * H;
+      const float* __restrict dn = DH + b * H;  // from step t+1 (zeros at t = T - 1)
+      float* __restrict dx = DX + (t * B + b) * H;
+      if (relu)
+        for (int64_t d = 0; d < H; ++d) dx[d] = y[d] > 0.f ? dy[d] + dn[d] : 0.f;
+      else
+        for (int64_t d = 0; d < H; ++d) dx[d] = (dy[d] + dn[d]) * (1.f - y[d] * y[d]);
+    }
+    gemm_acc_tn(B, H, H, DX + t * B * H, Hb + t * B * H, DW);  // dW += dx_t^T h_{t-1}
     gemm_rows(B, DX + t * B * H, Wm, 0.f, DH);
   }
   return dh;
