@@ -103,6 +103,18 @@ def device_info(device: Optional[str] = None) -> Dict[str, str]:
     return {"device": "cpu", "device_name": "cpu"}
 
 
+def quick_mode() -> bool:
+    """Whether the suite runs its quick subset (BENCH_PERF_QUICK=1, .ci/perf.sh) rather than full mode
+    (0, the default); another value is a BenchError naming the choices."""
+    return runtime.env_choice("BENCH_PERF_QUICK", ("0", "1"), "0") == "1"
+
+
+def run_info(device: Optional[str] = None) -> Dict:
+    """What every benchmark records about how the suite ran: the allocator mode, quick or full
+    mode (perf/check.py re-runs a regressed node in the mode it was measured in) and the device."""
+    return {"malloc": runtime.MALLOC_MODE, "quick": quick_mode(), **device_info(device)}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

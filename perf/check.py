@@ -89,14 +89,28 @@ def compare_rows(cur: dict, base: dict, tol: float, retried=()):
 HEAD = ["ratio", "median ms", "ref ms", "ratio now", "baseline", "change", "verdict"]
 
 
-def rerun(nodes, timer: str) -> dict:
-    """Run the given pytest nodes again (same clock and environment) and return their JSON."""
+def quick_of(data: dict):
+    """Whether the benchmarks ran in quick mode (True / False), or None where the JSON does not say
+    (results saved before it was recorded)."""
+    for b in data.get("benchmarks", []):
+        e = b.get("extra_info") or {}
+        if "quick" in e:
+            return bool(e["quick"])
+    return None
+
+
+def rerun(nodes, timer: str, quick=None) -> dict:
+    """Run the given pytest nodes again (same clock and environment; in quick mode or not as the
+    result was measured, when it says) and return their JSON."""
+    env = dict(os.environ)
+    if quick is not None:
+        env["BENCH_PERF_QUICK"] = "1" if quick else "0"
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "retry.json"
         cmd = [sys.executable, "-m", "pytest", *nodes, "-q", "-p", "no:cacheprovider",
                f"--benchmark-json={out}", f"--benchmark-timer=time.{timer}"]
         print("retrying:", " ".join(cmd), flush=True)
-        r = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        r = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if r.returncode != 0 or not out.exists():
             print(r.stdout[-4000:])
             print("retry run failed: counting the regressions as confirmed")
@@ -355,7 +369,7 @@ def main(argv=None) -> int:
                     "device_name": extra_of(data, "device_name"),
                     "cpu": kind if brand else None,
                     "cpu_brand": brand or None,
-                    "quick": os.environ.get("BENCH_PERF_QUICK", ""),
+                    "quick": quick_of(data),
                     "note": "2 shared CPU cores, noisy; torch.set_num_threads(1)" if dev == "cpu"
                             else "GPU; torch.set_num_threads(1) on the host"}
         if a.keys_matching is not None:
@@ -369,7 +383,7 @@ def main(argv=None) -> int:
         # one entry per save, oldest first: what was measured where, and how it entered the baseline
         history = list(baseline.get("history") or []) if (old and not a.replace) else []
         history.append({"date": measured["date"], "commit": (measured["commit"] or "?")[:10],
-                        "cpu": measured["cpu"], "quick": bool(measured["quick"]), "how": how})
+                        "cpu": measured["cpu"], "quick": measured["quick"], "how": how})
         baseline = {
             "about": BASELINE_ABOUT,
             "tolerance": tol,
@@ -397,7 +411,7 @@ def main(argv=None) -> int:
         print(table(rows, HEAD))
         nodes = sorted({n for k in bad for n in cur[k]["nodes"]})
         print(f"\n{len(bad)} ratio(s) beyond {tol:.0%}: {', '.join(bad)}; re-running {len(nodes)} measurement(s) once")
-        data = merge(data, rerun(nodes, timer_of(data)))
+        data = merge(data, rerun(nodes, timer_of(data), quick_of(data)))
         cur2 = ratios(data)
         for k in bad:  # a retry that did not produce the key keeps the first value
             cur[k] = cur2.get(k, cur[k])

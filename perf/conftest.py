@@ -25,7 +25,7 @@ def pytest_configure(config):
         # reproducible allocator regime for the whole session (bench.runtime.configure_malloc);
         # BENCH_PERF_MALLOC=default measures glibc's adaptive default instead
         perf.configure_malloc(runtime.env_choice("BENCH_PERF_MALLOC", ("pinned", "default"), "pinned"))
-        runtime.env_choice("BENCH_PERF_QUICK", ("0", "1"), "0")  # read by test_perf.py; checked here
+        perf.quick_mode()  # read by test_perf.py at import; checked here, before collection
         dev = perf.configure_device(os.environ.get("BENCH_PERF_DEVICE", "cpu"))
     except BenchError as e:
         raise pytest.UsageError(str(e)) from None
@@ -48,7 +48,7 @@ def pytest_collection_finish(session):
 def pytest_report_header(config):
     info = perf.device_info()
     return (f"bench perf: device={info['device']} ({info['device_name']}), malloc={perf.MALLOC_MODE}, "
-            f"denormals={runtime.denormal_mode()}, quick={os.environ.get('BENCH_PERF_QUICK', '')!r}")
+            f"denormals={runtime.denormal_mode()}, quick={perf.quick_mode()}")
 
 
 @pytest.fixture(autouse=True, scope="session")

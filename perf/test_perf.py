@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench import perf, runtime
+from bench import perf
 from bench.perf import ALL, CELL_LOOPS, FUSED, node_id
 
-QUICK = runtime.env_choice("BENCH_PERF_QUICK", ("0", "1"), "0") == "1"  # a bad value: perf/conftest.py's usage error
+QUICK = perf.quick_mode()  # a bad value: perf/conftest.py's usage error
 
 # -- what runs -----------------------------------------------------------------------------------
 if QUICK:
@@ -73,7 +73,7 @@ def test_step(benchmark, timer, hidden, T, name):
     settled = perf.settle(list(fns.values()) + [fn]) if T > SHORT_T else None
     benchmark.group = f"step h{hidden} T{T}"
     benchmark.extra_info.update(kind=kind, name=name, hidden=hidden, T=T, batch=perf.BATCH, task=perf.TASK,
-                                malloc=perf.MALLOC_MODE, settle_cycles=settled, **perf.device_info())
+                                settle_cycles=settled, **perf.run_info())
     benchmark.pedantic(fn, setup=before, rounds=rounds, warmup_rounds=warmup)
     benchmark.extra_info["ref_times"] = before.measured("ref")
     if "short" in fns:
@@ -86,7 +86,7 @@ def test_reference(benchmark, hidden, T):
     rounds, warmup = ROUNDS[T]
     benchmark.group = f"step h{hidden} T{T}"
     benchmark.extra_info.update(kind="reference", name="ref:nn.LSTM", hidden=hidden, T=T, batch=perf.BATCH,
-                                malloc=perf.MALLOC_MODE, **perf.device_info())
+                                **perf.run_info())
     benchmark.pedantic(perf.reference_step(T, hidden), rounds=rounds, warmup_rounds=warmup)
 
 
@@ -110,7 +110,7 @@ def test_harness(benchmark, timer, hidden, T, name, steps):
 
     benchmark.group = f"harness h{hidden} T{T}"
     benchmark.extra_info.update(kind="harness", name=name, hidden=hidden, T=T, steps=steps, batch=perf.BATCH,
-                                malloc=perf.MALLOC_MODE, **perf.device_info())
+                                **perf.run_info())
     benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=warmup)
     bare, parts = bare[warmup:], parts[warmup:]
     benchmark.extra_info["bare_step"] = bare
@@ -130,7 +130,7 @@ def test_stack_bound(benchmark, timer, hidden, T, name):
     before = perf.Interleaved({"separate": separate, "per_model": per_model}, warmup, timer)
     benchmark.group = f"stack bound h{hidden} T{T}"
     benchmark.extra_info.update(kind="stack_bound", name=name, hidden=hidden, T=T, batch=perf.BATCH, S=perf.STACK_S,
-                                malloc=perf.MALLOC_MODE, **perf.device_info())
+                                **perf.run_info())
     benchmark.pedantic(stacked, setup=before, rounds=rounds, warmup_rounds=warmup)
     benchmark.extra_info["separate_times"] = before.measured("separate")
     benchmark.extra_info["per_model_times"] = before.measured("per_model")
@@ -153,7 +153,7 @@ def test_default_run(benchmark, timer, name):
     benchmark.group = "default run h64 T100"
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
     tm = out["rec"]["timing"]
-    benchmark.extra_info.update(kind="default_run", malloc=perf.MALLOC_MODE, **perf.device_info(), name=name, hidden=64, T=100, steps=out["rec"]["steps"],
+    benchmark.extra_info.update(kind="default_run", **perf.run_info(), name=name, hidden=64, T=100, steps=out["rec"]["steps"],
                                 outcome=out["rec"]["outcome"], diagnostics_s=tm["diagnostics_s"],
                                 wall_s=tm["wall_s"], eval_s=tm["eval_s"], train_s=tm["train_s"])
 

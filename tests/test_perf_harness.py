@@ -116,12 +116,12 @@ def test_bare_round_waits_for_the_device_only_at_the_end():
 
 
 # -- perf/check.py ----------------------------------------------------------------------------------
-def _bench_json(step_s: float, device: str = "cpu", ref_s: float = 0.010):
+def _bench_json(step_s: float, device: str = "cpu", ref_s: float = 0.010, **info):
     def b(name, med, **extra):
         return {"name": f"test_step[{name}]", "fullname": f"perf/test_perf.py::test_step[{name}]",
                 "stats": {"median": med}, "options": {"timer": "process_time"},
                 "extra_info": {"kind": "step", "name": name, "hidden": 64, "T": 100, "batch": 64,
-                               "malloc": "pinned", "device": device, "ref_times": [ref_s] * 3, **extra}}
+                               "malloc": "pinned", "device": device, "ref_times": [ref_s] * 3, **info, **extra}}
     return {"benchmarks": [b("bn_lstm", step_s), b("lstm", ref_s)], "commit_info": {"id": "x" * 40}}
 
 
@@ -213,6 +213,43 @@ def _check_module():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.mark.parametrize("recorded", [True, False, None])
+def test_check_retries_and_saves_in_the_mode_the_result_was_measured_in(tmp_path, monkeypatch, recorded):
+    """A regressed node is re-run in the result's own mode (quick or full, as its benchmarks
+    recorded it), whatever BENCH_PERF_QUICK says in check.py's environment; a saved baseline
+    records that mode too (None: a result from before the mode was recorded)."""
+    check = _check_module()
+    data = _bench_json(0.020, quick=recorded) if recorded is not None else _bench_json(0.020)
+    assert check.quick_of(data) is recorded
+    seen = {}
+
+    def fake_run(cmd, env=None, **kw):
+        seen["env"] = env
+        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="")
+
+    with monkeypatch.context() as m:  # the subprocess module is the one _check below uses too
+        m.setattr(check.subprocess, "run", fake_run)
+        m.setenv("BENCH_PERF_QUICK", "1" if recorded is False else "0")  # the other mode
+        check.rerun(["perf/test_perf.py::test_step[x]"], "process_time", check.quick_of(data))
+    want = {True: "1", False: "0", None: "1" if recorded is False else "0"}[recorded]
+    assert seen["env"]["BENCH_PERF_QUICK"] == want
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    base = tmp_path / "base.json"
+    assert _check(tmp_path, tmp_path / "a.json", "--save-baseline", "--baseline", base).returncode == 0
+    saved = json.loads(base.read_text())
+    assert saved["measured"]["quick"] is recorded and saved["history"][-1]["quick"] is recorded
+
+
+def test_every_benchmark_records_how_the_suite_ran(monkeypatch):
+    monkeypatch.setenv("BENCH_PERF_QUICK", "1")
+    assert perf.run_info() == {"malloc": runtime.MALLOC_MODE, "quick": True, "device": "cpu", "device_name": "cpu"}
+    monkeypatch.setenv("BENCH_PERF_QUICK", "0")
+    assert perf.run_info()["quick"] is False
+    monkeypatch.setenv("BENCH_PERF_QUICK", "yes")
+    with pytest.raises(BenchError, match="BENCH_PERF_QUICK"):
+        perf.run_info()
 
 
 @pytest.mark.parametrize("brand,kind", [

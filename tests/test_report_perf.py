@@ -55,6 +55,19 @@ def test_perf_table_shows_targets_verdicts_and_ratios(tmp_path):
     assert "step h128-T100" not in r.columns  # sizes the run did not measure are left out
 
 
+@pytest.mark.parametrize("recorded,mode", [(None, "quick mode"), (True, "quick mode"), (False, "full mode")])
+def test_the_source_names_the_mode_the_suite_ran_in(tmp_path, recorded, mode):
+    """As the benchmarks recorded it (bench.perf.run_info); results from before that: guessed from
+    the sizes (quick mode measures no hidden-128 size, as in this hand-made file)."""
+    data = perf_json()
+    if recorded is not None:
+        for b in data["benchmarks"]:
+            b["extra_info"]["quick"] = recorded
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(data))
+    assert f"({mode})" in perf_context(p)["perf_sentences"][0]
+
+
 @pytest.mark.parametrize("content,why", [(None, "no engine benchmark results were given"),
                                          ("{not json", "could not be read"),
                                          (json.dumps({"benchmarks": [{"name": "x", "stats": {}}]}),
