@@ -177,8 +177,7 @@ class NormSeq(torch.autograd.Function):
             if ctx.native is not None:
                 dh, dc, dgain_h, dgain_c, dbias_c, dgain_x, dbias = ctx.native.backward(
                     dy, batch_major, dxs, dv, dW_hh, hbuf, vin, W, act, tg, cbuf, tcn, cfg["norm"] == "ln", gain_h,
-                    gain_c,
-                    cfg["training"], *ctx.stats, *ctx.fold)
+                    gain_c, cfg["training"], *ctx.stats, *ctx.fold)
             else:
                 dh, dc, dgain_h, dgain_c, dbias_c = _lstm_loop("backward", dhs.device)(
                     dhs, dxs, dv, hbuf, vin, W, act, tg, cbuf, tcn, ctx.scale4, cfg["norm"] == "ln", gain_h,
