@@ -115,6 +115,16 @@ def run_info(device: Optional[str] = None) -> Dict:
     return {"malloc": runtime.MALLOC_MODE, "quick": quick_mode(), **device_info(device)}
 
 
+def recorded_quick(data: dict) -> Optional[bool]:
+    """Whether a pytest-benchmark JSON of the suite ran in quick mode, as its benchmarks recorded it
+    (run_info), or None for results from before that was recorded."""
+    for b in data.get("benchmarks", []):
+        e = b.get("extra_info") or {}
+        if "quick" in e:
+            return bool(e["quick"])
+    return None
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

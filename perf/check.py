@@ -36,7 +36,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.perf import collect, cpu_brand, ratios, targets  # noqa: E402
+from bench.perf import collect, cpu_brand, ratios, recorded_quick, targets  # noqa: E402
 
 BASELINE = ROOT / "perf" / "baseline.json"
 BASELINE_CUDA = ROOT / "perf" / "baseline-cuda.json"
@@ -87,16 +87,6 @@ def compare_rows(cur: dict, base: dict, tol: float, retried=()):
 
 
 HEAD = ["ratio", "median ms", "ref ms", "ratio now", "baseline", "change", "verdict"]
-
-
-def quick_of(data: dict):
-    """Whether the benchmarks ran in quick mode (True / False), or None where the JSON does not say
-    (results saved before it was recorded)."""
-    for b in data.get("benchmarks", []):
-        e = b.get("extra_info") or {}
-        if "quick" in e:
-            return bool(e["quick"])
-    return None
 
 
 def rerun(nodes, timer: str, quick=None) -> dict:
@@ -369,7 +359,7 @@ def main(argv=None) -> int:
                     "device_name": extra_of(data, "device_name"),
                     "cpu": kind if brand else None,
                     "cpu_brand": brand or None,
-                    "quick": quick_of(data),
+                    "quick": recorded_quick(data),
                     "note": "2 shared CPU cores, noisy; torch.set_num_threads(1)" if dev == "cpu"
                             else "GPU; torch.set_num_threads(1) on the host"}
         if a.keys_matching is not None:
@@ -411,7 +401,7 @@ def main(argv=None) -> int:
         print(table(rows, HEAD))
         nodes = sorted({n for k in bad for n in cur[k]["nodes"]})
         print(f"\n{len(bad)} ratio(s) beyond {tol:.0%}: {', '.join(bad)}; re-running {len(nodes)} measurement(s) once")
-        data = merge(data, rerun(nodes, timer_of(data), quick_of(data)))
+        data = merge(data, rerun(nodes, timer_of(data), recorded_quick(data)))
         cur2 = ratios(data)
         for k in bad:  # a retry that did not produce the key keeps the first value
             cur[k] = cur2.get(k, cur[k])

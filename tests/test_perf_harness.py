@@ -222,7 +222,7 @@ def test_check_retries_and_saves_in_the_mode_the_result_was_measured_in(tmp_path
     records that mode too (None: a result from before the mode was recorded)."""
     check = _check_module()
     data = _bench_json(0.020, quick=recorded) if recorded is not None else _bench_json(0.020)
-    assert check.quick_of(data) is recorded
+    assert check.recorded_quick(data) is recorded
     seen = {}
 
     def fake_run(cmd, env=None, **kw):
@@ -232,7 +232,7 @@ def test_check_retries_and_saves_in_the_mode_the_result_was_measured_in(tmp_path
     with monkeypatch.context() as m:  # the subprocess module is the one _check below uses too
         m.setattr(check.subprocess, "run", fake_run)
         m.setenv("BENCH_PERF_QUICK", "1" if recorded is False else "0")  # the other mode
-        check.rerun(["perf/test_perf.py::test_step[x]"], "process_time", check.quick_of(data))
+        check.rerun(["perf/test_perf.py::test_step[x]"], "process_time", check.recorded_quick(data))
     want = {True: "1", False: "0", None: "1" if recorded is False else "0"}[recorded]
     assert seen["env"]["BENCH_PERF_QUICK"] == want
     (tmp_path / "a.json").write_text(json.dumps(data))

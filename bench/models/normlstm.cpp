@@ -255,6 +255,12 @@ float* rows_of(const optional<Tensor>& t, int64_t i) {
   return t.has_value() && t->defined() ? t->data_ptr<float>() + i * t->size(1) : nullptr;
 }
 
+// Row (b, t) of the gradient of a sequence of hidden states -- dy (T, B, H), or (B, T, H) when
+// batch_major (the transpose a batch-first readout hands back, read as it lies).
+inline const float* dy_row(const float* dy, bool batch_major, int64_t b, int64_t t, int64_t B, int64_t T, int64_t H) {
+  return dy + (batch_major ? b * T + t : t * B + b) * H;
+}
+
 // C (n, p) += A^T P: A (m, n) and P (m, p) row-major with contiguous rows, C row-major -- a weight
 // gradient summed over one time step's block (m = the batch).
 void gemm_acc_tn(int64_t m, int64_t n, int64_t p, const float* A, const float* P, float* C) {
@@ -389,7 +395,7 @@ std::vector<Tensor> backward(Tensor dhs, bool batch_major, Tensor dxs, Tensor dv
     const float* tct = TC + t * B * H;
     float* dxt = DX + t * B * G;
     for (int64_t b = 0; b < B; ++b) {
-      const float* __restrict dhr = DHS + (batch_major ? b * T + t : t * B + b) * H;
+      const float* __restrict dhr = dy_row(DHS, batch_major, b, t, B, T, H);
       const float* __restrict dnext = DH + b * H;  // zeros at t = T - 1
       const float* __restrict tcr = tct + b * H;
       const float* __restrict ao = at_ + b * G + 3 * H;
@@ -509,7 +515,7 @@ std::vector<Tensor> rnn_backward(Tensor dhs, bool batch_major, Tensor dxs, Tenso
     // h = 2 sigmoid(2 pre) - 1: dh/dpre = 4 s (1 - s); bn: pre's gradient is also x_t's
     float* g = ln ? gn.data() : DX + t * B * H;
     for (int64_t b = 0; b < B; ++b) {
-      const float* __restrict dy = DHS + (batch_major ? b * T + t : t * B + b) * H;
+      const float* __restrict dy = dy_row(DHS, batch_major, b, t, B, T, H);
       const float* __restrict s = S + (t * B + b) * H;
       const float* __restrict dn = DH + b * H;
       float* __restrict gr = g + b * H;
@@ -616,7 +622,7 @@ Tensor gru_backward(Tensor dhs, bool batch_major, Tensor dxs, Tensor dW, Tensor 
       const int64_t row = (t * B + b) * G;
       const float* ar = A + row;
       float *dx = DX + row, *dg = step.data() + b * G;
-      const float* dy = DY + (batch_major ? b * T + t : t * B + b) * H;
+      const float* dy = dy_row(DY, batch_major, b, t, B, T, H);
       gru_grad_row(H, dy, DH + b * H, Hb + (t * B + b) * H, ar, ar + H, ar + 2 * H, GN + (t * B + b) * H, dx,
                    dx + H, dx + 2 * H, dg, dg + H, dg + 2 * H);
     }
@@ -665,7 +671,7 @@ Tensor plain_backward(Tensor dhs, bool batch_major, Tensor dxs, Tensor dW, Tenso
   for (int64_t t = T - 1; t >= 0; --t) {
     for (int64_t b = 0; b < B; ++b) {
       const float* __restrict y = Hb + ((t + 1) * B + b) * H;
-      const float* __restrict dy = DY + (batch_major ? b * T + t : t * B + b) * H;
+      const float* __restrict dy = dy_row(DY, batch_major, b, t, B, T, H);
       const float* __restrict dn = DH + b * H;  // from step t+1 (zeros at t = T - 1)
       float* __restrict dx = DX + (t * B + b) * H;
       if (relu)

@@ -42,13 +42,13 @@ def perf_source(data: dict, bs: List[dict], path) -> str:
     """Where the results come from: file, size of the run, date, commit, CPU, device, clock."""
     e0 = bs[0]["extra_info"]
     timer = (bs[0].get("options") or {}).get("timer", "?")
-    from ..perf import cpu_brand
+    from ..perf import cpu_brand, recorded_quick
 
     cpu = cpu_brand(data) or "an unnamed CPU"
     commit = ((data.get("commit_info") or {}).get("id") or "")[:7] or "an unknown commit"
-    # as recorded (bench.perf.run_info); older results: quick mode measures no hidden-128 size
-    quick = next((bool(b["extra_info"]["quick"]) for b in bs if "quick" in b["extra_info"]),
-                 not any(b["extra_info"].get("hidden") == 128 for b in bs))
+    quick = recorded_quick(data)
+    if quick is None:  # results from before the mode was recorded: quick mode measures no hidden-128 size
+        quick = not any(b["extra_info"].get("hidden") == 128 for b in bs)
     return (f"From {path}: {len(bs)} benchmarks of the perf suite ({'quick' if quick else 'full'} mode), run "
             f"{str(data.get('datetime', '?'))[:16].replace('T', ' ')} UTC at commit {commit} on {cpu} "
             f"(device {e0.get('device', 'cpu')}, clock {timer}). Ratios are taken within that run against an "
