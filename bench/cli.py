@@ -154,7 +154,9 @@ def cmd_run_cell(a) -> int:
     (one process start for them all); a run that raises is written as an 'error' record and the
     others go on. --out: one path per (cell, seed), cell-major. With --resume-dir, a run finished
     earlier by the same code on the same kind of machine is taken back instead of trained
-    (bench/resume.py), unless --reuse no."""
+    (bench/resume.py), unless --reuse no. The seeds of a cell that are trained train together, in
+    lockstep (bench.train.train_group: the same records, timings aside), unless --seed-groups no;
+    each record is written as soon as its run ends."""
     from . import train
     from .resume import ResumeCache
 
@@ -163,25 +165,37 @@ def cmd_run_cell(a) -> int:
     cache = ResumeCache(a.resume_dir) if a.resume_dir else None
     reuse = cache is not None and a.reuse == "yes"
     paths = iter(outs)
+
+    def write(out, rec, resumed):
+        """A run's record to its path (and the resume cache) as soon as the run ends."""
+        write_json_atomic(out, rec)
+        if cache and not resumed:
+            cache.put(out, rec)
+        sp = rec["spec"]
+        msg = rec["error"]["message"] if rec["outcome"] == "error" else f"{rec['steps']} steps"
+        how = ", taken back: trained by an earlier process" if resumed else ""
+        print(f"{a.mitigation} {sp['task']}@{sp['length']} seed {sp['seed']}: {rec['outcome']} ({msg}{how})",
+              file=sys.stderr, flush=True)
+
     for task, length in cells:
+        todo = []  # (out, spec) of the cell's seeds to train
         for seed in a.seeds:
-            out, resumed = next(paths), False
+            out = next(paths)
             try:
                 spec = _spec(a, task, length, seed)
             except BenchError as e:
-                rec = train.error_record({"task": task, "length": length, "mitigation": a.mitigation, "seed": seed}, e)
+                write(out, train.error_record({"task": task, "length": length, "mitigation": a.mitigation,
+                                               "seed": seed}, e), False)
+                continue
+            rec = cache.get(out, spec) if reuse else None
+            if rec is not None:
+                write(out, rec, True)
+            elif a.seed_groups == "yes":
+                todo.append((out, spec))
             else:
-                rec = cache.get(out, spec) if reuse else None
-                resumed = rec is not None
-                if not resumed:
-                    rec = train.run_safely(spec)
-            write_json_atomic(out, rec)
-            if cache and not resumed:
-                cache.put(out, rec)
-            msg = rec["error"]["message"] if rec["outcome"] == "error" else f"{rec['steps']} steps"
-            how = ", taken back: trained by an earlier process" if resumed else ""
-            print(f"{a.mitigation} {task}@{length} seed {seed}: {rec['outcome']} ({msg}{how})", file=sys.stderr,
-                  flush=True)
+                write(out, train.run_safely(spec), False)
+        if todo:  # the cell's seeds together, in lockstep (train_group)
+            train.train_group([spec for _, spec in todo], on_done=lambda i, rec: write(todo[i][0], rec, False))
     if cache and cache.resumed:
         print(f"{cache.resumed} of {len(outs)} run(s) taken from {a.resume_dir} (finished earlier by the same code "
               f"on the same kind of machine; trained {len(outs) - cache.resumed})", file=sys.stderr)
@@ -240,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "and kind of machine; see bench/resume.py)")
     pc.add_argument("--reuse", choices=("yes", "no"), default="yes",
                     help="with --resume-dir: 'no' trains every run again (and refreshes the kept records)")
+    pc.add_argument("--seed-groups", choices=("yes", "no"), default="yes",
+                    help="'yes': a cell's seeds train together in lockstep (bench.train.train_group; the same "
+                         "records, timings aside); 'no': one after the other")
     pn = sub.add_parser("native", help="build or load the recurrences' native kernel (once per machine)")
     pn.add_argument("--mitigations", nargs="*", default=None,
                     help="build only if one of these would use it (the pipeline passes its sweep's)")

@@ -210,6 +210,7 @@ class Sweep:
     optimizer: Dict[str, str]  # canonical mitigation -> optimizer
     job_grouping: str = "mitigation"  # one training job per (mitigation, lr), or per "cell"
     reuse_runs: bool = True  # a job takes back the runs it finished before (results/.resume) instead of training
+    seed_groups: bool = True  # a cell's seeds train together in lockstep (bench.train.train_group)
     perf_results: Optional[str] = None  # the perf suite's JSON shown in the report (report only)
 
     def lr_labels(self, mitigation: str) -> List[str]:
@@ -260,7 +261,7 @@ class Sweep:
                 "eval_every": self.eval_every, "heldout_size": self.heldout_size, "device": self.device,
                 "threads": self.threads, "lr": {m: list(v) for m, v in self.lr.items()},
                 "optimizer": dict(self.optimizer), "job_grouping": self.job_grouping,
-                "reuse_runs": self.reuse_runs, "perf_results": self.perf_results}
+                "reuse_runs": self.reuse_runs, "seed_groups": self.seed_groups, "perf_results": self.perf_results}
 
 
 def _per_mitigation(cfg: dict, key: str, canon: Dict[str, str], problems: List[str]) -> Dict[str, Any]:
@@ -355,7 +356,7 @@ def expand(config: Mapping) -> Sweep:
                  **{k: int(cfg[k]) for k in INT_KEYS}, device=cfg["device"],
                  lr={m: [float(x) for x in v] for m, v in lr.items()}, optimizer=optimizer,
                  job_grouping=cfg.get("job_grouping", "mitigation"), reuse_runs=bool(cfg.get("reuse_runs", True)),
-                 perf_results=perf_results)
+                 seed_groups=bool(cfg.get("seed_groups", True)), perf_results=perf_results)
 
 
 def _recipes() -> List[str]:

@@ -74,6 +74,8 @@ TARGET_WHAT = {
     "T4 diag share": "gradient diagnostics' share of a default run's time",
     "T5 bound": "S seeds stacked (not implemented), best case: one model on the S x batch / S separate steps",
     "T5 ceiling": "S seeds stacked (not implemented) on per-model weights, best case / S separate steps",
+    "T5 lockstep": "S seeds' steps in lockstep on per-model weights (as train_group runs them) / S separate steps",
+    "T5 seed group": "S seeds' whole short runs by bench.train.train_group / by S train() calls",
 }
 DEFAULT_BUDGET = 1000  # RunSpec defaults, used to project whole-run figures
 DEFAULT_EVAL_EVERY = 50
@@ -194,7 +196,15 @@ class EngineStep:
         self._marks: List[List[float]] = []  # train()'s per-step clock, mirrored for its cost (not read)
 
     def __call__(self) -> float:
-        x, y = self.data.train_batch(self.batch)
+        return self.update(*self.forward_backward(*self.draw()))
+
+    # the step's three phases, for target 5's lockstep measurement (stack_bound_steps)
+    def draw(self):
+        """The step's batch."""
+        return self.data.train_batch(self.batch)
+
+    def forward_backward(self, x, y):
+        """Forward, loss and backward on the batch (x, y) -> (loss, the step's clock marks)."""
         m = [time.perf_counter()]
         self._marks.append(m)
         out = self.model(x)
@@ -203,6 +213,10 @@ class EngineStep:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         m.append(time.perf_counter())
+        return loss, m
+
+    def update(self, loss, m) -> float:
+        """Gradient norm, host check, clipping and the optimizer's step, after forward_backward."""
         params = self.params
         gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         flag = None  # as train(): does clipping by value change anything this step (device bool)
@@ -322,7 +336,8 @@ STACK_CASES = ["bn_lstm", "ln_lstm", "bn_rnn", "ln_rnn", "lstm", "gru", "rnn"]  
 
 
 def stack_bound_steps(mitigation: str, T: int, hidden: int, S: int = STACK_S, batch: int = BATCH):
-    """Target 5's bounds (stacking seeds is *not* implemented): (stacked, separate, per_model).
+    """Target 5's bounds (stacking seeds is *not* implemented): (stacked, separate, per_model,
+    lockstep).
 
     - `stacked()`: one step of `mitigation` at batch S x `batch`; `separate()`: one step at batch
       `batch` of each of S runs (seeds 0..S-1), one after the other. S models on stacked weights
@@ -330,27 +345,40 @@ def stack_bound_steps(mitigation: str, T: int, hidden: int, S: int = STACK_S, ba
       into a batched one), so stacked / separate is the most that training S seeds together could
       save on this machine (the *bound*); at or near 1 it cannot pay.
     - `per_model()`: the part of those S steps that stays per model however the seeds are
-      stacked -- each run's model forward and backward (its recurrence, kernel and input
-      projection included, and its head) on a batch drawn once -- so that a step's remainder
-      (batch, loss, gradient norm, optimizer, bookkeeping) = separate - per_model, and S seeds
-      stacked on per-model weights take at least per_model + remainder / S (the *ceiling*:
-      every shared part assumed free after the first model)."""
+      stacked -- each run's batch, drawn from its own seed's stream (S generators cannot be
+      drawn from in one call), and its model's forward and backward (its recurrence, kernel and
+      input projection included, and its head) -- so that a step's remainder (loss, gradient
+      norm, optimizer, bookkeeping) = separate - per_model, and S seeds stacked on per-model
+      weights take at least per_model + remainder / S (the *ceiling*: every shared part assumed
+      free after the first model).
+    - `lockstep()`: the S runs' steps as a seed group in one process would run them, on per-model
+      weights: the S batches drawn, then each model's forward and backward, then each run's
+      gradient norm, host check and update -- the same operations as `separate()` (each run's
+      results unchanged, bit for bit), with each phase's small operations run S times back to back
+      rather than once after a model's whole backward (when the code and data they need are no
+      longer in the CPU's caches). lockstep / separate is what such a trainer would save."""
     stacked = EngineStep(mitigation, T, hidden, batch=S * batch)
     runs = [EngineStep(mitigation, T, hidden, batch=batch, seed=s) for s in range(S)]
-    batches = [r.data.train_batch(batch)[0] for r in runs]
 
     def separate():
         for r in runs:
             r()
 
     def per_model():
-        for r, x in zip(runs, batches):
-            r.model(x).sum().backward()
+        for r in runs:
+            r.model(r.data.train_batch(batch)[0]).sum().backward()
             for p in r.params:
                 p.grad = None
         _sync(runs[0].device)
 
-    return stacked, separate, per_model
+    def lockstep():
+        batches = [r.draw() for r in runs]
+        done = [r.forward_backward(x, y) for r, (x, y) in zip(runs, batches)]
+        del batches
+        for r, (loss, m) in zip(runs, done):
+            r.update(loss, m)
+
+    return stacked, separate, per_model, lockstep
 
 
 def reference_step(T: int, hidden: int, batch: int = BATCH, device: Optional[str] = None) -> BareStep:
@@ -462,6 +490,30 @@ def harness_round(spec, timer: Callable[[], float] = time.perf_counter) -> Dict[
             "setup": wall - tm["train_s"] - outside, "diag": tm["diagnostics_s"], "diag_calls": len(calls),
             "snap_each": statistics.median(s for _, s in calls), "eval": tm["eval_s"], "steps": steps,
             "record_step_ms": tm["step_ms"]["median"]}
+
+
+def seed_group_runs(mitigation: str, T: int, hidden: int, steps: int, S: int = STACK_S, batch: int = BATCH):
+    """Target 5 as the engine does it: (together, separate) -- S short runs of one configuration
+    (seeds 0..S-1, the harness's settings: `steps` steps, one evaluation) trained by one
+    bench.train.train_group call, and by S train() calls one after the other. Whole runs: set-up,
+    snapshots, evaluation and records included. Each raises if a run did not train all its steps."""
+    from .train import train, train_group
+
+    specs = [harness_spec(mitigation, T, hidden, steps, batch=batch, seed=s) for s in range(S)]
+
+    def check(recs):
+        bad = [(r["spec"]["seed"], r["outcome"], r.get("steps")) for r in recs
+               if r["outcome"] in ("error", "diverged") or r["steps"] != steps]
+        if bad:
+            raise RuntimeError(f"seed-group benchmark of {mitigation}: runs that did not train {steps} steps: {bad}")
+
+    def together():
+        check(train_group(specs))
+
+    def separate():
+        check([train(sp) for sp in specs])
+
+    return together, separate
 
 
 def bare_round(bare: "BareStep", steps: int, timer: Callable[[], float] = time.perf_counter) -> float:
@@ -689,9 +741,20 @@ def targets(bench_json: dict) -> List[dict]:
             if e.get("per_model_times"):
                 per = min(median(e["per_model_times"]), sep)
                 row(f"T5 ceiling S={S}", _size(b), e["name"], (per + (sep - per) / S) / sep, 1.0,
-                    f"per-model weights, not implemented: {S} model forward+backward {per * 1e3:.1f} ms of "
+                    f"per-model weights, not implemented: {S} batch draws and model forward+backward {per * 1e3:.1f} ms of "
                     f"{S} steps {sep * 1e3:.1f} ms; the rest ({(sep - per) / S * 1e3:.1f} ms a step) shared",
                     strict=True, info=True)
+            if e.get("lockstep_times"):
+                lock = median(e["lockstep_times"])
+                row(f"T5 lockstep S={S}", _size(b), e["name"], lock / sep, 1.0,
+                    f"as train_group steps: {S} runs' steps phase by phase (all batches, each model's "
+                    f"forward+backward, each update) {lock * 1e3:.1f} ms vs one after the other {sep * 1e3:.1f} ms",
+                    strict=True, info=True)
+        if e["kind"] == "seed_group":
+            S, sep, grp = e["S"], median(e["separate_times"]), b["stats"]["median"]
+            row(f"T5 seed group S={S}", _size(b), e["name"], grp / sep, 1.0,
+                f"{S} runs of {e['steps']} steps (set-up, snapshots, evaluation included): train_group "
+                f"{grp:.2f} s vs {S} train() calls {sep:.2f} s", strict=True)
     # T4: diagnostics share of a default run (measured), and projected from the harness runs
     for b in bs.values():
         e = b["extra_info"]

@@ -89,12 +89,14 @@ def compare_rows(cur: dict, base: dict, tol: float, retried=()):
 HEAD = ["ratio", "median ms", "ref ms", "ratio now", "baseline", "change", "verdict"]
 
 
-def rerun(nodes, timer: str, quick=None) -> dict:
-    """Run the given pytest nodes again (same clock and environment; in quick mode or not as the
-    result was measured, when it says) and return their JSON."""
+def rerun(nodes, timer: str, quick=None, device=None) -> dict:
+    """Run the given pytest nodes again (same clock and environment; in quick mode or not, and on
+    the device, as the result was measured, when it says) and return their JSON."""
     env = dict(os.environ)
     if quick is not None:
         env["BENCH_PERF_QUICK"] = "1" if quick else "0"
+    if device:
+        env["BENCH_PERF_DEVICE"] = device
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "retry.json"
         cmd = [sys.executable, "-m", "pytest", *nodes, "-q", "-p", "no:cacheprovider",
@@ -401,7 +403,7 @@ def main(argv=None) -> int:
         print(table(rows, HEAD))
         nodes = sorted({n for k in bad for n in cur[k]["nodes"]})
         print(f"\n{len(bad)} ratio(s) beyond {tol:.0%}: {', '.join(bad)}; re-running {len(nodes)} measurement(s) once")
-        data = merge(data, rerun(nodes, timer_of(data), recorded_quick(data)))
+        data = merge(data, rerun(nodes, timer_of(data), recorded_quick(data), extra_of(data, "device")))
         cur2 = ratios(data)
         for k in bad:  # a retry that did not produce the key keeps the first value
             cur[k] = cur2.get(k, cur[k])

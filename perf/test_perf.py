@@ -37,6 +37,11 @@ STACK_CASES = [(h, 100, m) for h in (32, 64) for m in perf.STACK_CASES]
 
 DEFAULT_RUNS = ["rnn", "lstm", "gru", "bn_lstm", "ln_lstm", "lstm+tbptt:20"]
 
+# target 5 as implemented (full mode): S=5 seeds' short runs by train_group against 5 train() calls,
+# at the default sweep's hidden 32 and at 64; (hidden, T, name, steps per run)
+GROUP_CASES = [(32, 100, m, 30) for m in perf.STACK_CASES] + [(64, 100, m, 30) for m in ("rnn", "gru", "ln_lstm")]
+GROUP_ROUNDS = (4, 1)
+
 # rounds, warmup rounds per sequence length (quick, full)
 ROUNDS = {100: (9, 2) if QUICK else (15, 2), 1000: (3, 1) if QUICK else (5, 1)}
 # (rounds, warmup); each round = bare loop + train(). The rounds of the fast models scatter by
@@ -121,19 +126,36 @@ def test_harness(benchmark, timer, hidden, T, name, steps):
 @pytest.mark.skipif(QUICK, reason="full mode only (target 5's bound is reported, not checked)")
 @pytest.mark.parametrize("hidden,T,name", STACK_CASES, ids=_ids(STACK_CASES))
 def test_stack_bound(benchmark, timer, hidden, T, name):
-    """Target 5's bound and ceiling (stacking seeds is not implemented): one training step at
-    batch S x 64 (the benchmark) against S separate runs' steps at batch 64 and against those runs'
-    model forward+backward alone (both timed before every round, interleaved). See
-    bench.perf.stack_bound_steps for what each bounds."""
+    """Target 5's bound, ceiling and lockstep (stacking seeds is not implemented): one training
+    step at batch S x 64 (the benchmark) against S separate runs' steps at batch 64, against those
+    runs' batch draws and model forward+backward alone and against the same steps in lockstep (the
+    three timed before every round, interleaved). See bench.perf.stack_bound_steps."""
     rounds, warmup = ROUNDS[T]
-    stacked, separate, per_model = perf.stack_bound_steps(name, T, hidden)
-    before = perf.Interleaved({"separate": separate, "per_model": per_model}, warmup, timer)
+    stacked, separate, per_model, lockstep = perf.stack_bound_steps(name, T, hidden)
+    before = perf.Interleaved({"separate": separate, "per_model": per_model, "lockstep": lockstep}, warmup, timer)
     benchmark.group = f"stack bound h{hidden} T{T}"
     benchmark.extra_info.update(kind="stack_bound", name=name, hidden=hidden, T=T, batch=perf.BATCH, S=perf.STACK_S,
                                 **perf.run_info())
     benchmark.pedantic(stacked, setup=before, rounds=rounds, warmup_rounds=warmup)
     benchmark.extra_info["separate_times"] = before.measured("separate")
     benchmark.extra_info["per_model_times"] = before.measured("per_model")
+    benchmark.extra_info["lockstep_times"] = before.measured("lockstep")
+
+
+@pytest.mark.skipif(QUICK, reason="full mode only (target 5's seed-group ratio is reported, not regression-checked)")
+@pytest.mark.parametrize("hidden,T,name,steps", GROUP_CASES, ids=_ids(GROUP_CASES))
+def test_seed_group(benchmark, timer, hidden, T, name, steps):
+    """Target 5: the S seeds of one configuration trained together by bench.train.train_group (the
+    benchmark) against S train() calls one after the other (timed before every round, interleaved);
+    whole short runs. See bench.perf.seed_group_runs."""
+    rounds, warmup = GROUP_ROUNDS
+    together, separate = perf.seed_group_runs(name, T, hidden, steps)
+    before = perf.Interleaved({"separate": separate}, warmup, timer)
+    benchmark.group = f"seed group h{hidden} T{T}"
+    benchmark.extra_info.update(kind="seed_group", name=name, hidden=hidden, T=T, batch=perf.BATCH, S=perf.STACK_S,
+                                steps=steps, **perf.run_info())
+    benchmark.pedantic(together, setup=before, rounds=rounds, warmup_rounds=warmup)
+    benchmark.extra_info["separate_times"] = before.measured("separate")
 
 
 @pytest.mark.skipif(QUICK, reason="full mode only (1000 training steps per run)")

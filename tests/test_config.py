@@ -54,6 +54,7 @@ BAD = [
     bad("unknown-top-key", ["unknown key 'hiden'", "did you mean 'hidden'", "valid keys: batch, budget"], hiden=3),
     bad("unknown-top-key-2", ["unknown key 'epochs'", "valid keys:"], epochs=10),
     bad("reuse-runs-word", ["'reuse_runs'", "expected true or false", "'maybe'"], reuse_runs="maybe"),
+    bad("seed-groups-word", ["'seed_groups'", "expected true or false", "'often'"], seed_groups="often"),
     bad("missing-tasks", ["missing required key 'tasks'"], tasks=DEL),
     bad("missing-mitigations", ["missing required key 'mitigations'"], mitigations=DEL),
     bad("missing-seeds", ["missing required key 'seeds'"], seeds=DEL),
@@ -272,12 +273,13 @@ def test_numbers_written_as_text_are_read_as_numbers():
     assert sweep.lr == {"rnn": [0.001]} and sweep.lr_labels("rnn") == [format_lr(0.001)] == ["0.001"]
 
 
+@pytest.mark.parametrize("key", ["reuse_runs", "seed_groups"])
 @pytest.mark.parametrize("text,value", [("false", False), ("no", False), ("True", True), ("yes", True)])
-def test_reuse_runs_written_as_text_is_read_as_a_boolean(text, value):
+def test_boolean_keys_written_as_text_are_read_as_booleans(key, text, value):
     """`--config reuse_runs=false` (Snakemake may hand the word over as text); default true."""
-    assert validate(BASE, SCHEMA).reuse_runs is True
-    sweep = validate(dict(BASE, reuse_runs=text), SCHEMA)
-    assert sweep.reuse_runs is value and sweep.to_config()["reuse_runs"] is value
+    assert getattr(validate(BASE, SCHEMA), key) is True
+    sweep = validate(dict(BASE, **{key: text}), SCHEMA)
+    assert getattr(sweep, key) is value and sweep.to_config()[key] is value
 
 
 # -- through snakemake ------------------------------------------------------------------------

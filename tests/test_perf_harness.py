@@ -242,6 +242,29 @@ def test_check_retries_and_saves_in_the_mode_the_result_was_measured_in(tmp_path
     assert saved["measured"]["quick"] is recorded and saved["history"][-1]["quick"] is recorded
 
 
+@pytest.mark.parametrize("recorded", ["cuda:1", "cpu", None])
+def test_check_retries_on_the_device_the_result_was_measured_on(monkeypatch, recorded):
+    """A regressed node is re-run on the device its benchmarks recorded, whatever BENCH_PERF_DEVICE
+    says in check.py's environment (a result from before the device was recorded: the environment's)."""
+    check = _check_module()
+    data = _bench_json(0.020)
+    for b in data["benchmarks"]:
+        b["extra_info"].pop("device", None)
+        if recorded is not None:
+            b["extra_info"]["device"] = recorded
+    seen = {}
+
+    def fake_run(cmd, env=None, **kw):
+        seen["env"] = env
+        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="")
+
+    with monkeypatch.context() as m:
+        m.setattr(check.subprocess, "run", fake_run)
+        m.setenv("BENCH_PERF_DEVICE", "cuda:0")
+        check.rerun(["perf/test_perf.py::test_step[x]"], "process_time", None, check.extra_of(data, "device"))
+    assert seen["env"]["BENCH_PERF_DEVICE"] == (recorded or "cuda:0")
+
+
 def test_every_benchmark_records_how_the_suite_ran(monkeypatch):
     monkeypatch.setenv("BENCH_PERF_QUICK", "1")
     assert perf.run_info() == {"malloc": runtime.MALLOC_MODE, "quick": True, "device": "cpu", "device_name": "cpu"}
@@ -347,31 +370,55 @@ def test_stack_bound_steps_time_one_big_batch_against_s_separate_runs(monkeypatc
         return made[-1]
 
     monkeypatch.setattr(perf, "EngineStep", spy)
-    stacked, separate, per_model = perf.stack_bound_steps("ln_lstm", 6, 8, S=3, batch=4)
-    runs = made[1:]
+    stacked, separate, per_model, _ = perf.stack_bound_steps("ln_lstm", 6, 8, S=3, batch=4)
+    runs = made[1:4]
     assert stacked is made[0] and stacked.batch == 12
     assert [r.batch for r in runs] == [4, 4, 4] and len({float(r.params[0].detach().sum()) for r in runs}) == 3  # 3 seeds
     stacked()
     separate()
     separate()
     assert len(stacked.losses) == 1 and [len(r.losses) for r in runs] == [2, 2, 2]
-    # the per-model part: each run's forward and backward, no update, no gradient left behind
+    # the per-model part: each run's own batch draw, forward and backward, no update, no gradient left behind
     before = [[p.detach().clone() for p in r.params] for r in runs]
+    streams = [r.data.gen.get_state() for r in runs]
     calls = []
     for r in runs:
         monkeypatch.setattr(r.model, "forward", lambda x, f=r.model.forward: calls.append(x.shape) or f(x))
     per_model()
     assert calls == [(4, 6, runs[0].task.n_in)] * 3
+    assert all(not torch.equal(s, r.data.gen.get_state()) for s, r in zip(streams, runs))  # each seed drew its batch
     assert all(p.grad is None for r in runs for p in r.params)
     assert all(torch.equal(a, p) for r, ps in zip(runs, before) for a, p in zip(ps, r.params))
     assert [len(r.losses) for r in runs] == [2, 2, 2]
 
 
-def _stack_json(stacked_s, separate_s, per_model_s=None):
+@pytest.mark.parametrize("name", ["rnn", "ln_lstm", "lstm+clipnorm:1"])
+def test_lockstep_steps_each_run_as_its_separate_steps_do(monkeypatch, name):
+    """Target 5's lockstep: the S runs' steps phase by phase give each run the same losses,
+    gradient norms and weights as its steps one after the other, bit for bit."""
+    made = []
+    real = perf.EngineStep
+    monkeypatch.setattr(perf, "EngineStep", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    _, separate, _, _ = perf.stack_bound_steps(name, 6, 8, S=3, batch=4)
+    _, _, _, lockstep = perf.stack_bound_steps(name, 6, 8, S=3, batch=4)
+    runs_a, runs_b = made[1:4], made[5:8]  # each call: the batch-12 step, then the 3 runs
+    assert [r.batch for r in runs_a + runs_b] == [4] * 6
+    for _ in range(3):
+        separate()
+        lockstep()
+    assert len({r.losses[0] for r in runs_a}) == 3  # three seeds, three different runs
+    for ra, rb in zip(runs_a, runs_b):
+        assert ra.losses == rb.losses and ra.gnorms == rb.gnorms and len(ra.losses) == 3
+        assert all(torch.equal(p, q) for p, q in zip(ra.params, rb.params))
+
+
+def _stack_json(stacked_s, separate_s, per_model_s=None, lockstep_s=None):
     extra = {"kind": "stack_bound", "name": "ln_lstm", "hidden": 64, "T": 100, "batch": 64, "S": 5,
              "malloc": "pinned", "device": "cpu", "separate_times": [separate_s] * 3}
     if per_model_s is not None:
         extra["per_model_times"] = [per_model_s] * 3
+    if lockstep_s is not None:
+        extra["lockstep_times"] = [lockstep_s] * 3
     return {"benchmarks": [{
         "name": "test_stack_bound[h64-T100-ln_lstm]", "fullname": "perf/test_perf.py::test_stack_bound[h64-T100-ln_lstm]",
         "stats": {"median": stacked_s}, "options": {"timer": "process_time"}, "extra_info": extra}]}
@@ -393,6 +440,15 @@ def test_stack_ceiling_shares_only_what_is_outside_the_per_model_work(per_model_
     c = rows["T5 ceiling S=5"]
     assert c["value"] == pytest.approx(ceiling) and "not implemented" in c["note"] and "per-model" in c["note"]
     assert c["verdict"] == ("could save" if ceiling < 1 else "no gain")
+
+
+@pytest.mark.parametrize("lockstep_s,verdict", [(0.095, "could save"), (0.10, "no gain"), (0.104, "no gain")])
+def test_stack_lockstep_is_reported_against_the_separate_steps(lockstep_s, verdict):
+    rows = {r["target"]: r for r in perf.targets(_stack_json(0.09, 0.10, 0.08, lockstep_s))}
+    r = rows["T5 lockstep S=5"]
+    assert r["value"] == pytest.approx(lockstep_s / 0.10) and r["verdict"] == verdict
+    assert "as train_group steps" in r["note"]
+    assert "T5 lockstep S=5" not in {r["target"] for r in perf.targets(_stack_json(0.09, 0.10, 0.08))}
 
 
 def test_check_reports_the_stack_bound_and_does_not_count_it_as_a_miss(tmp_path):

@@ -21,7 +21,7 @@ from bench.records import OUTCOMES, read_record, write_json_atomic
 from bench.seeding import generator
 from bench.spec import RunSpec
 from bench.tasks import TASKS, make_task
-from bench.train import evaluate, profile_steps, run_safely, train
+from bench.train import evaluate, profile_steps, run_safely, train, train_group
 
 RECIPES = MITIGATIONS.names()
 
@@ -443,22 +443,25 @@ def test_cli_tiny_run_writes_a_readable_record(tmp_path):
     assert str(out) in p.stderr
 
 
-def test_cli_run_cell_trains_several_cells_in_one_process_as_separate_runs_would(tmp_path):
+@pytest.mark.parametrize("groups", ["yes", "no"])
+def test_cli_run_cell_trains_several_cells_in_one_process_as_separate_runs_would(tmp_path, groups):
     """The pipeline's grouped job: --cells and --out-pattern give the same records, bit for bit
-    (timings and provenance aside), as one `run` per (cell, seed)."""
+    (timings and provenance aside), as one `run` per (cell, seed) -- with a cell's seeds trained
+    together (--seed-groups yes, the default) or one after the other."""
     from bench.cli import main
 
     small = ["--mitigation", "gru", "--hidden", "8", "--batch", "8", "--budget", "4", "--eval-every", "2",
              "--heldout-size", "16", "--device", "cpu", "--threads", "1"]
     pattern = str(tmp_path / "grouped" / "{task}-{length}" / "s{seed}.json")
     assert main(["run-cell", "--cells", "adding@6", "temporal_order@12", "--seeds", "0", "3",
-                 "--out-pattern", pattern, *small]) == 0
+                 "--out-pattern", pattern, "--seed-groups", groups, *small]) == 0
     for task, length in (("adding", 6), ("temporal_order", 12)):
         for seed in (0, 3):
             alone = tmp_path / "alone" / f"{task}-{length}-{seed}.json"
             assert main(["run", "--task", task, "--length", str(length), "--seed", str(seed), "--out", str(alone),
                          *small]) == 0
             got, want = (read_record(q) for q in (pattern.format(task=task, length=length, seed=seed), alone))
+            assert got["timing"]["seed_group"] == (2 if groups == "yes" else 1)
             for r in (got, want):
                 r.pop("timing"), r.pop("provenance")
                 for row in r["curve"]:
@@ -569,8 +572,8 @@ class _Killed(BaseException):
 
 
 def _spy_runs(monkeypatch, stop_after=None):
-    """Wrap run_safely (the module's own, not an earlier spy): returns the list of specs it
-    trains; with stop_after=n, the (n+1)-th call raises _Killed instead."""
+    """Wrap run_safely and train_group (the module's own, not an earlier spy): returns the list of
+    specs they train; with stop_after=n, the (n+1)-th run_safely call raises _Killed instead."""
     trained = []
 
     def run(spec):
@@ -579,7 +582,12 @@ def _spy_runs(monkeypatch, stop_after=None):
         trained.append(spec)
         return run_safely(spec)
 
+    def group(specs, **kw):
+        trained.extend(specs)
+        return train_group(specs, **kw)
+
     monkeypatch.setattr(bench.train, "run_safely", run)
+    monkeypatch.setattr(bench.train, "train_group", group)
     return trained
 
 
@@ -595,7 +603,7 @@ def test_cli_run_cell_resumes_the_runs_an_interrupted_job_finished(tmp_path, mon
     ref = str(tmp_path / "ref" / "{task}-{length}-s{seed}.json")
     assert main(["run-cell", *RESUME_SMALL, "--out-pattern", ref]) == 0
     out, cache = str(tmp_path / "out" / "{task}-{length}-s{seed}.json"), tmp_path / "resume"
-    args = ["run-cell", *RESUME_SMALL, "--out-pattern", out, "--resume-dir", str(cache)]
+    args = ["run-cell", *RESUME_SMALL, "--out-pattern", out, "--resume-dir", str(cache), "--seed-groups", "no"]
     runs = [dict(task=t, length=L, seed=s) for t, L in (("adding", 6), ("temporal_order", 12)) for s in (0, 1)]
     paths = [out.format(**r) for r in runs]
 
@@ -619,6 +627,41 @@ def test_cli_run_cell_resumes_the_runs_an_interrupted_job_finished(tmp_path, mon
     for r in runs:
         assert _strip(read_record(out.format(**r))) == _strip(read_record(ref.format(**r))), r
     assert len(list(cache.glob("*.json"))) == 4  # the finished job keeps every run for the next time
+
+
+def test_cli_run_cell_resumes_a_job_interrupted_inside_a_seed_group(tmp_path, monkeypatch):
+    """Seed groups (the default): a cell's seeds train together and each record is written as its
+    run ends. Killed inside the second cell's group, the job keeps the first cell's records; run
+    again, it takes those back and trains the second cell's seeds, as a group, to the records of an
+    uninterrupted job."""
+    from bench.cli import main
+
+    ref = str(tmp_path / "ref" / "{task}-{length}-s{seed}.json")
+    assert main(["run-cell", *RESUME_SMALL, "--out-pattern", ref, "--seed-groups", "no"]) == 0
+    out, cache = str(tmp_path / "out" / "{task}-{length}-s{seed}.json"), tmp_path / "resume"
+    args = ["run-cell", *RESUME_SMALL, "--out-pattern", out, "--resume-dir", str(cache)]
+    real = bench.train._Run.update
+
+    def update(self):
+        if self.spec.task == "temporal_order" and self.spec.seed == 1 and self.step == 3:
+            raise _Killed
+        return real(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(bench.train._Run, "update", update)
+        with pytest.raises(_Killed):
+            main(args)
+    assert len(list(cache.glob("*.json"))) == 2
+    for s in (0, 1):
+        assert read_record(out.format(task="adding", length=6, seed=s))["timing"]["seed_group"] == 2
+        assert not os.path.exists(out.format(task="temporal_order", length=12, seed=s))
+    trained = _spy_runs(monkeypatch)
+    assert main(args) == 0
+    assert [(s.task, s.seed) for s in trained] == [("temporal_order", 0), ("temporal_order", 1)]
+    for t, L in (("adding", 6), ("temporal_order", 12)):
+        for s in (0, 1):
+            assert _strip(read_record(out.format(task=t, length=L, seed=s))) == \
+                _strip(read_record(ref.format(task=t, length=L, seed=s)))
 
 
 def test_cli_run_cell_of_a_grown_sweep_trains_only_the_new_runs(tmp_path, monkeypatch, capsys):
@@ -668,7 +711,7 @@ def test_cli_run_cell_retrains_a_cached_run_when_the_code_or_the_run_changed(cha
     from bench.cli import main
 
     out, cache = str(tmp_path / "out" / "{task}-{length}-s{seed}.json"), tmp_path / "resume"
-    args = ["run-cell", *RESUME_SMALL, "--out-pattern", out, "--resume-dir", str(cache)]
+    args = ["run-cell", *RESUME_SMALL, "--out-pattern", out, "--resume-dir", str(cache), "--seed-groups", "no"]
     _spy_runs(monkeypatch, stop_after=1)
     with pytest.raises(_Killed):
         main(args)

@@ -13,7 +13,8 @@ rule train:
     mitigation's job). Every finished run is kept in RESUME_DIR and taken back instead of trained
     again, if the run, the code, the device and the kind of machine are the same (bench/resume.py);
     reuse_runs: false trains them again. Like device, reuse only decides how the job runs, not what
-    its records hold: a resource, not a param (no rerun when it changes)."""
+    its records hold: a resource, not a param (no rerun when it changes); so does seed_groups (a
+    cell's seeds in lockstep, bench.train.train_group: the same records, timings aside)."""
     output:
         train_outputs(),
     log:
@@ -27,7 +28,9 @@ rule train:
     resources:
         device=SWEEP.device,
         reuse="yes" if SWEEP.reuse_runs else "no",
+        seed_groups="yes" if SWEEP.seed_groups else "no",
     shell:
         "python -m bench run-cell {params.runs} --mitigation {wildcards.mitigation:q}"
         " {params.settings} --device {resources.device} --threads {threads}"
-        " --resume-dir {RESUME_DIR:q} --reuse {resources.reuse} > {log:q} 2>&1"
+        " --resume-dir {RESUME_DIR:q} --reuse {resources.reuse} --seed-groups {resources.seed_groups}"
+        " > {log:q} 2>&1"
