@@ -72,8 +72,8 @@ TARGET_WHAT = {
     "T3 T=1000/T=100": "step at T=1000 / step at T=100 (linear in length: 10)",
     "T3 in train()": "train()'s loop step at T=1000 / at T=100",
     "T4 diag share": "gradient diagnostics' share of a default run's time",
-    "T5 bound": "S seeds stacked (not implemented), best case: one model on the S x batch / S separate steps",
-    "T5 ceiling": "S seeds stacked (not implemented) on per-model weights, best case / S separate steps",
+    "T5 bound": "S seeds on stacked weights (not implemented), best case: one model on the S x batch / S separate steps",
+    "T5 ceiling": "S seeds on stacked per-model weights (not implemented), best case / S separate steps",
     "T5 lockstep": "S seeds' steps in lockstep on per-model weights (as train_group runs them) / S separate steps",
     "T5 seed group": "S seeds' whole short runs by bench.train.train_group / by S train() calls",
 }
@@ -336,8 +336,9 @@ STACK_CASES = ["bn_lstm", "ln_lstm", "bn_rnn", "ln_rnn", "lstm", "gru", "rnn"]  
 
 
 def stack_bound_steps(mitigation: str, T: int, hidden: int, S: int = STACK_S, batch: int = BATCH):
-    """Target 5's bounds (stacking seeds is *not* implemented): (stacked, separate, per_model,
-    lockstep).
+    """Target 5's bounds (S models on stacked weights are *not* implemented; the seeds of one
+    configuration train together in lockstep instead, bench.train.train_group): (stacked, separate,
+    per_model, lockstep).
 
     - `stacked()`: one step of `mitigation` at batch S x `batch`; `separate()`: one step at batch
       `batch` of each of S runs (seeds 0..S-1), one after the other. S models on stacked weights
@@ -730,19 +731,20 @@ def targets(bench_json: dict) -> List[dict]:
         if T == 1000 and (H, 100, name) in loops:
             row("T3 in train()", f"h{H}", name, v / loops[(H, 100, name)], T3_MAX,
                 f"train() loop {loops[(H, 100, name)] * 1e3:.1f} ms -> {v * 1e3:.0f} ms (harness runs, not interleaved)")
-    # T5: what stacking S seeds could save at most (reported; stacking is not implemented)
+    # T5: S seeds together -- what stacked weights (not implemented) could save at most, what the
+    # lockstep of bench.train.train_group saves per step, and over whole short runs
     for b in sorted(bs.values(), key=lambda b: b["name"]):
         e = b["extra_info"]
         if e["kind"] == "stack_bound":
             S, sep = e["S"], median(e["separate_times"])
             row(f"T5 bound S={S}", _size(b), e["name"], b["stats"]["median"] / sep, 1.0,
-                f"best case, not implemented: 1 step at batch {S}x{e['batch']} {b['stats']['median'] * 1e3:.1f} ms "
-                f"vs {S} separate steps {sep * 1e3:.1f} ms", strict=True, info=True)
+                f"stacked weights, not implemented, best case: 1 step at batch {S}x{e['batch']} "
+                f"{b['stats']['median'] * 1e3:.1f} ms vs {S} separate steps {sep * 1e3:.1f} ms", strict=True, info=True)
             if e.get("per_model_times"):
                 per = min(median(e["per_model_times"]), sep)
                 row(f"T5 ceiling S={S}", _size(b), e["name"], (per + (sep - per) / S) / sep, 1.0,
-                    f"per-model weights, not implemented: {S} batch draws and model forward+backward {per * 1e3:.1f} ms of "
-                    f"{S} steps {sep * 1e3:.1f} ms; the rest ({(sep - per) / S * 1e3:.1f} ms a step) shared",
+                    f"per-model weights, not implemented: {S} batch draws and model forward+backward "
+                    f"{per * 1e3:.1f} ms of {S} steps {sep * 1e3:.1f} ms; the rest ({(sep - per) / S * 1e3:.1f} ms a step) shared",
                     strict=True, info=True)
             if e.get("lockstep_times"):
                 lock = median(e["lockstep_times"])

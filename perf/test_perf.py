@@ -126,7 +126,7 @@ def test_harness(benchmark, timer, hidden, T, name, steps):
 @pytest.mark.skipif(QUICK, reason="full mode only (target 5's bound is reported, not checked)")
 @pytest.mark.parametrize("hidden,T,name", STACK_CASES, ids=_ids(STACK_CASES))
 def test_stack_bound(benchmark, timer, hidden, T, name):
-    """Target 5's bound, ceiling and lockstep (stacking seeds is not implemented): one training
+    """Target 5's bound, ceiling (stacked weights, not implemented) and lockstep: one training
     step at batch S x 64 (the benchmark) against S separate runs' steps at batch 64, against those
     runs' batch draws and model forward+backward alone and against the same steps in lockstep (the
     three timed before every round, interleaved). See bench.perf.stack_bound_steps."""

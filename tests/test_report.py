@@ -193,7 +193,7 @@ def test_aggregate_columns_error_rows_and_outcomes(sweep):
               "baseline_loss", "baseline_accuracy", "loss_ratio", "decay_factor_init", "decay_factor_end",
               "spectral_radius_init", "gate_mean_end", "grad_norm_median", "grad_norm_p99", "grad_norm_max",
               "frac_clipped", "nonfinite_events", "ms_step", "ms_fwd", "ms_bwd", "ms_opt", "train_s", "eval_s",
-              "diag_s", "wall_s", "time_to_solve_s", "prov_git", "prov_torch", "prov_python", "prov_numpy",
+              "diag_s", "wall_s", "time_to_solve_s", "seed_group", "prov_git", "prov_torch", "prov_python", "prov_numpy",
               "prov_cpu", "prov_device", "prov_threads", "prov_host", "record_path", "lr_chosen", *LIST_COLUMNS):
         assert c in df.columns, c
     assert set(df["outcome"]) == {"solved", "unsolved", "diverged", "error"}

@@ -258,6 +258,10 @@ def record_to_row(rec: Dict, path: str) -> Dict:
     row["diag_s"] = _num(tm.get("diagnostics_s"))
     row["wall_s"] = _num(tm.get("wall_s"))
     row["time_to_solve_s"] = _num(tm.get("time_to_solve_s"))
+    # how many runs trained together in lockstep (bench.train.train_group; 1: alone; null: a record
+    # from before seed groups)
+    sg = tm.get("seed_group")
+    row["seed_group"] = int(sg) if isinstance(sg, (int, float)) and not isinstance(sg, bool) else None
     # the record's own count (model.n_params_recurrent); the structural count for records without one
     measured = (rec.get("model") or {}).get("n_params_recurrent")
     row["n_params_rec"] = (float(measured) if measured is not None
@@ -310,7 +314,7 @@ def corrupt_row(path: str, message: str) -> Dict:
 # -- the table -----------------------------------------------------------------------------
 INT_COLUMNS = ("p_length", "p_seed", "p_hidden", "p_batch", "p_budget", "p_eval_every", "p_heldout_size",
                "p_probe_size", "p_threads", "t_seq_len", "t_n_in", "t_n_out", "t_loss", "prov_threads",
-               "prov_threads_requested", "record_version")
+               "prov_threads_requested", "record_version", "seed_group")
 FLOAT_COLUMNS = ("p_lr",)
 STR_COLUMNS = ("p_task", "p_mitigation", "p_optimizer", "p_device", "m_name", "m_recipe", "m_family", "m_norm",
                "m_init", "t_length_meaning", "t_kind", "t_readout", "t_success_rule", "outcome", "error_type",
