@@ -3,7 +3,6 @@ target 5). Each record must be the one train() gives for its spec (timings and p
 bit for bit on the CPU, whatever the other runs of the group do."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import pytest
@@ -12,15 +11,7 @@ import bench.train
 from bench.errors import BenchError
 from bench.spec import RunSpec
 from bench.train import train, train_group
-
-
-def _strip(rec):
-    rec = copy.deepcopy(rec)
-    rec.pop("timing", None)
-    rec.pop("provenance", None)
-    for row in rec.get("curve", []):
-        row.pop("wall_s", None)
-    return rec
+from test_train import _strip  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 def _specs(mitigation, seeds=(0, 1, 2), **kw):
