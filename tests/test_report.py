@@ -398,3 +398,17 @@ def test_timing_table_ratio_exponent_and_runs():
     assert (t["runs"] == 3).all() and (t["longest length"] == 40).all()
     one = timing_table(frame([record(mitigation="lstm", length=20, ms=2.0)]))
     assert one["runs"].tolist() == [1] and one["ratio to lstm"].iloc[0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("groups,expect", [
+    ([3, 3, 3, 1], "3 of 4 runs trained in seed groups"),
+    ([1, 1], "Every run trained alone"),
+    ([None, None], ""),
+])
+def test_timings_say_how_the_seeds_were_timed(groups, expect):
+    from bench.report.render import seed_group_sentence
+
+    text = seed_group_sentence(pd.DataFrame({"seed_group": pd.array(groups, dtype="Int64")}))
+    assert (text.startswith(expect) if expect else text == "")
+    if groups[0] == 3:
+        assert "up to 3 at once" in text and "bit for bit" in text

@@ -266,6 +266,21 @@ def load_jobs(jobs) -> Tuple[Optional[pd.DataFrame], str]:
         return None, f"the job timings {jobs} could not be read ({type(e).__name__}: {e})"
 
 
+def seed_group_sentence(df: pd.DataFrame) -> str:
+    """How the seeds of a cell were timed: in seed groups (timing.seed_group > 1) or alone; "" when
+    the records do not say (from before seed groups)."""
+    sg = pd.to_numeric(df.get("seed_group", pd.Series(dtype=float)), errors="coerce").dropna()
+    if sg.empty:
+        return ""
+    grouped = int((sg > 1).sum())
+    if not grouped:
+        return "Every run trained alone, one seed after the other (seed_groups: false)."
+    return (f"{grouped} of {len(sg)} runs trained in seed groups (seed_groups: true, the default): the seeds of a "
+            f"task and length together, in lockstep, each on its own weights (up to {int(sg.max())} at once). "
+            "Their numbers are those of runs trained alone, bit for bit; each run's timings here are its own "
+            "work, measured as it ran in the group.")
+
+
 def overhead_sentences(o: Dict, why_none: str = "") -> List[str]:
     """The pipeline-overhead paragraph, computed from overhead_summary(); the verdict is
     share <= target ('met') or not, and says so when nothing can be counted."""
@@ -372,6 +387,7 @@ def build_context(df: pd.DataFrame, config_text: Optional[str] = None, config_pa
         "gradient_table": html_table(gradient_flow_table(D)),
         "gradnorm_table": html_table(grad_norm_table(D, df)),
         "timing_table": html_table(timing_table(D)),
+        "seed_groups": seed_group_sentence(df),
         "overhead": overhead,
         "overhead_sentences": overhead_sentences(overhead, why_none),
         "overhead_table": html_table(overhead_table(jobs_df)) if overhead["n_used"] else "",
