@@ -80,25 +80,36 @@ def train(spec: RunSpec, progress: Optional[Callable[[int, Dict], None]] = None,
     device = resolve_device(spec.device)
     native.prepare(spec.mitigation, device)
     t_wall0 = time.perf_counter()
+    task, mit = _task_and_mitigation(spec)
+    with _running(spec, device):
+        return _train(spec, task, mit, device, progress, t_wall0, defer_host_checks)
+
+
+def _task_and_mitigation(spec: RunSpec):
+    """The spec's task and parsed mitigation; BenchError if the mitigation cannot run on it."""
     task = make_task(spec.task, spec.length)
     mit = parse_mitigation(spec.mitigation)
     check_for_task(mit, task.seq_len)
+    return task, mit
+
+
+@contextlib.contextmanager
+def _running(spec: RunSpec, device: torch.device):
+    """The process state training runs in (restored after): the spec's CPU threads; on cuda:N that
+    GPU as the current one, so that the step clock's events, synchronize() and pinned-memory copies
+    all work on the device the model is on; no full GC passes (they would re-walk the whole
+    interpreter, runtime.frozen_gc); denormals flushed to zero (vanishing gradients would otherwise
+    make them, at ~100x the cost of a float on Intel CPUs, runtime.flushed_denormals; the
+    diagnostics run in the same arithmetic)."""
     threads_before = torch.get_num_threads()
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
-    # cuda:N: make it the current GPU for the run, so that the step clock's events, synchronize()
-    # and pinned-memory copies all work on the device the model is on
     on_gpu = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     try:
-        # full GC passes would re-walk the whole interpreter (runtime.frozen_gc); denormals flushed to
-        # zero: vanishing gradients would otherwise make them, at ~100x the cost of a float on Intel
-        # CPUs (runtime.flushed_denormals); the diagnostics run in the same arithmetic
         with frozen_gc(), on_gpu, flushed_denormals():
-            rec = _train(spec, task, mit, device, progress, t_wall0, defer_host_checks)
+            yield
     finally:
         torch.set_num_threads(threads_before)
-    rec["timing"]["seed_group"] = 1
-    return rec
 
 
 def train_group(specs: List[RunSpec], on_done: Optional[Callable[[int, Dict], None]] = None,
@@ -130,8 +141,6 @@ def train_group(specs: List[RunSpec], on_done: Optional[Callable[[int, Dict], No
     records: List[Optional[Dict]] = [None] * len(specs)
 
     def done(i, rec):
-        if rec["outcome"] != "error":
-            rec["timing"]["seed_group"] = len(specs)
         records[i] = rec
         if on_done:
             on_done(i, rec)
@@ -144,10 +153,6 @@ def train_group(specs: List[RunSpec], on_done: Optional[Callable[[int, Dict], No
         for i, sp in enumerate(specs):
             done(i, error_record(sp.to_dict(), exc))
         return records
-    threads_before = torch.get_num_threads()
-    if spec0.threads is not None:
-        torch.set_num_threads(spec0.threads)
-    on_gpu = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     runs: Dict[int, _Run] = {}
     clocks = [_OwnTime() for _ in specs]
 
@@ -163,27 +168,22 @@ def train_group(specs: List[RunSpec], on_done: Optional[Callable[[int, Dict], No
             clocks[i].leave()
 
     def setup(i, sp):
-        task = make_task(sp.task, sp.length)
-        mit = parse_mitigation(sp.mitigation)
-        check_for_task(mit, task.seq_len)
+        task, mit = _task_and_mitigation(sp)
         cb = (lambda step, row: progress(i, step, row)) if progress else None
-        runs[i] = _Run(sp, task, mit, device, cb, 0.0, now=clocks[i], lockstep=True)
+        runs[i] = _Run(sp, task, mit, device, cb, 0.0, now=clocks[i], group=len(specs))
 
     def finish(i):
         done(i, runs.pop(i).record())
 
-    try:
-        with frozen_gc(), on_gpu, flushed_denormals():
-            for i, sp in enumerate(specs):
-                own(i, lambda: setup(i, sp))
-            while runs:
-                for phase in ("draw", "forward_backward", "update"):
-                    for i in list(runs):
-                        own(i, getattr(runs[i], phase))
-                for i in [i for i, r in runs.items() if r.ended]:
-                    own(i, lambda: finish(i))
-    finally:
-        torch.set_num_threads(threads_before)
+    with _running(spec0, device):
+        for i, sp in enumerate(specs):
+            own(i, lambda: setup(i, sp))
+        while runs:
+            for phase in ("draw", "forward_backward", "update"):
+                for i in list(runs):
+                    own(i, getattr(runs[i], phase))
+            for i in [i for i, r in runs.items() if r.ended]:
+                own(i, lambda: finish(i))
     return records
 
 
@@ -256,10 +256,11 @@ class _Run:
     (a divergence found late is dated to its first non-finite step, and what ran after it --
     on parameters already non-finite -- is discarded).
     now: the run's clock for its wall time (time.perf_counter; in a seed group its _OwnTime);
-    lockstep: the run's phases do not follow each other directly (a seed group's)."""
+    group: how many runs train together (timing.seed_group); above 1 the run's phases do not
+    follow each other directly (a seed group's lockstep)."""
 
     def __init__(self, spec, task, mit, device, progress, t_wall0, defer_host_checks: Optional[bool] = None,
-                 now: Callable[[], float] = time.perf_counter, lockstep: bool = False):
+                 now: Callable[[], float] = time.perf_counter, group: int = 1):
         self.spec, self.task, self.mit, self.device, self.progress = spec, task, mit, device, progress
         self.t_wall0, self.now = t_wall0, now
         self.cuda = device.type == "cuda"
@@ -281,8 +282,9 @@ class _Run:
         self.snap(0)
         self.init_snap = self.snapshots[0]
 
-        self.lockstep = lockstep
-        self.clock = _StepClock(device, gap=lockstep)
+        self.group = group
+        self.lockstep = group > 1
+        self.clock = _StepClock(device, gap=self.lockstep)
         self.gnorms, self.clipped, self.losses = [], 0, []
         self.curve, self.t_eval = [], 0.0
         self.outcome, self.solved_at, self.diverged_at, self.nonfinite = "unsolved", None, None, 0
@@ -473,6 +475,7 @@ class _Run:
                 "fwd_ms": _ms(t_fwd), "bwd_ms": _ms(t_bwd), "opt_ms": _ms(t_opt), "step_ms": _ms(step_total),
                 "train_s": t_train, "eval_s": self.t_eval, "diagnostics_s": self.t_diag,
                 "wall_s": self.now() - self.t_wall0, "time_to_solve_s": self.time_to_solve,
+                "seed_group": self.group,
             },
             "provenance": provenance(device, spec.threads, model),
         }
