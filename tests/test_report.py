@@ -412,3 +412,30 @@ def test_timings_say_how_the_seeds_were_timed(groups, expect):
     assert (text.startswith(expect) if expect else text == "")
     if groups[0] == 3:
         assert "up to 3 at once" in text and "bit for bit" in text
+
+
+def test_a_task_nobody_solved_names_who_came_closest_from_the_losses():
+    """No mitigation solved copy: the summary says the sweep cannot rank them there and names the
+    closest by median held-out loss / baseline at the shortest length -- computed, not assumed."""
+    from bench.report.render import summary_sentences
+
+    def with_loss(recs, loss):
+        for r in recs:
+            r["final"]["heldout_loss"] = loss
+        return recs
+
+    recs = (with_loss(cell(n=3, task="copy", length=5, mitigation="rnn", outcome="unsolved"), 0.1667)  # ratio 1.0
+            + with_loss(cell(n=3, task="copy", length=5, mitigation="lstm", outcome="unsolved"), 0.05)  # 0.30
+            + with_loss(cell(n=3, task="copy", length=5, mitigation="gru", outcome="unsolved"), 0.10)  # 0.60
+            + with_loss(cell(n=3, task="copy", length=10, mitigation="gru", outcome="unsolved"), 0.01))  # longer: not used
+    D = frame(recs)
+    counts = {"runs": len(D), "solved": 0, "unsolved": len(D), "diverged": 0, "error": 0, "corrupt": 0}
+    text = " ".join(summary_sentences(D, summarize(D), counts, []))
+    assert "copy: no mitigation solved it at any length within 400 steps" in text
+    assert "cannot rank the mitigations" in text
+    assert "Closest at length 5, by median held-out loss / baseline (1 = learnt nothing): lstm 0.30, gru 0.60, rnn 1.00." in text
+    # once one mitigation solves it in most seeds at the longest length, the sentence names the winners instead
+    recs[-3:] = cell(n=3, task="copy", length=10, mitigation="gru", outcome="solved")
+    D = frame(recs)
+    text = " ".join(summary_sentences(D, summarize(D), dict(counts, solved=3), []))
+    assert "Closest at" not in text and "copy at length 10: solved in most seeds by gru (3/3)" in text

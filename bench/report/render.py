@@ -113,6 +113,17 @@ def headline_table(D: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _closest(st: pd.DataFrame) -> str:
+    """For a task no mitigation solved: which came closest at its shortest length, by the median
+    held-out loss over the baseline (a model that learnt nothing scores about 1); '' if unknown."""
+    L = st["length"].min()
+    at = st[(st["length"] == L)].dropna(subset=["median_loss_ratio"]).sort_values("median_loss_ratio")
+    if at.empty:
+        return ""
+    parts = ", ".join(f"{m} {r:.2f}" for m, r in zip(at["mitigation"][:3], at["median_loss_ratio"][:3]))
+    return (f" Closest at length {int(L)}, by median held-out loss / baseline (1 = learnt nothing): {parts}.")
+
+
 def summary_sentences(D: pd.DataFrame, summary: pd.DataFrame, counts: Dict, claims) -> List[str]:
     """The answer in a few sentences, computed from the table."""
     out = []
@@ -148,8 +159,9 @@ def summary_sentences(D: pd.DataFrame, summary: pd.DataFrame, counts: Dict, clai
                            f"the longest length solved was {int(best['length'])} (by "
                            f"{', '.join(any_solved[any_solved['length'] == best['length']]['mitigation'])}).")
             else:
-                out.append(f"{t}: no mitigation solved it at any length within {budget:.0f} steps "
-                           f"(budget too small for this sweep's lengths).")
+                out.append(f"{t}: no mitigation solved it at any length within {budget:.0f} steps, so this sweep "
+                           f"cannot rank the mitigations on it (a larger budget, hidden size or shorter lengths "
+                           f"might).{_closest(st)}")
     L = D[D["p_length"] == D.groupby("p_task")["p_length"].transform("max")]
     fac = L.groupby("m_name")["decay_factor_init"].median().dropna()
     if len(fac):
