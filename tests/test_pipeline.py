@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import json
+import os
 import subprocess
 import sys
 import time
@@ -112,6 +113,36 @@ def test_second_invocation_does_nothing(smoke):
     p = snakemake(wd, "--configfile", "config/smoke.yaml")
     assert "Nothing to be done" in p.stdout + p.stderr
     assert mtimes(wd, "results/**/*.*") | mtimes(wd, "report/*") == before
+
+
+def test_a_changed_report_code_re_renders_without_training(tmp_path):
+    """The report's sources are inputs of aggregate and report: an edited one (a pulled update)
+    re-renders from the records; nothing trains. Run on a copy of the bench package (PYTHONPATH), so
+    the edit never touches the checkout; Snakemake compares contents, a mere touch re-renders nothing."""
+    (tmp_path / "wd").mkdir()
+    wd = copy_workflow(tmp_path / "wd")
+    shutil.copytree(REPO / "bench", tmp_path / "pkg" / "bench", ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "pkg"))
+    args = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/smoke.yaml",
+            "--config", "mitigations=[rnn,lstm]", "seeds=[0]"]
+
+    def run(*extra):
+        p = subprocess.run(args + list(extra), cwd=wd, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+        return p.stdout + p.stderr
+
+    run()
+    records = mtimes(wd, "results/runs/**/*.json")
+    assert records
+    src = tmp_path / "pkg" / "bench" / "report" / "render.py"
+    src.touch()
+    assert "Nothing to be done" in run("-n")  # same contents
+    src.write_text(src.read_text() + "\n# an edit\n")
+    counts = job_counts(run("-n"))
+    assert counts.get("aggregate") == 1 and counts.get("report") == 1 and "train" not in counts, counts
+    run()
+    assert mtimes(wd, "results/runs/**/*.json") == records  # not retrained
+    assert "Nothing to be done" in run("-n")
 
 
 def test_snakemake_report_collects_the_figures(smoke):

@@ -4,7 +4,8 @@ rule aggregate:
     run times in its records, i.e. the pipeline's overhead. The benchmark files are read where
     they exist, not required: records without them (copied from elsewhere) never retrain."""
     input:
-        all_records(),
+        records=all_records(),
+        code=REPORT_CODE,
     output:
         records="results/aggregate/records.txt",
         jobs_list="results/aggregate/jobs.json",
@@ -17,7 +18,7 @@ rule aggregate:
     run:
         # The paths go through files: a full sweep's thousands would overflow one shell argument.
         with open(output.records, "w") as f:
-            f.writelines(f"{path}\n" for path in input)
+            f.writelines(f"{path}\n" for path in input.records)
         with open(output.jobs_list, "w") as f:
             json.dump(train_jobs(), f, indent=1)
         shell(

@@ -46,6 +46,17 @@ SWEEP = _load_sweep()
 
 from bench.report.captions import CAPTIONS, FIGURE_NAMES  # names and captions only: no plotting stack
 
+# The report's own code (and its template): inputs of the aggregate and report rules, so that a
+# changed report (a pulled update, a local edit) re-renders from the records on the next run --
+# seconds, no training. The engine's code is deliberately not an input of the training jobs (an
+# edit would retrain the whole sweep): `snakemake --forcerun train` trains again on purpose, and
+# results/.resume then gives back only runs trained by the same engine code.
+REPORT_CODE = sorted(
+    os.path.join(root, name)
+    for root, _, names in os.walk(os.path.join(os.path.dirname(os.path.abspath(bench.config.__file__)), "report"))
+    for name in names if name.endswith((".py", ".j2"))
+)
+
 # One record per run. One training job writes the records of every cell it trains: all tasks,
 # lengths and seeds of one (mitigation, lr) with job_grouping "mitigation" (the default), all seeds
 # of one (task, length, mitigation, lr) with "cell".

@@ -6,6 +6,7 @@ rule report:
         config="results/config_used.yaml",
         jobs="results/jobs.csv",
         perf=[SWEEP.perf_results] if SWEEP.perf_results else [],
+        code=REPORT_CODE,
     output:
         html=report("report/report.html", caption="../report/report_html.rst", category="Report"),
         figures=[
