@@ -479,10 +479,13 @@ def fig_radius_decay(df, summary, pal):
     if d.empty or not d["m_radius"].notna().any():
         return None
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
-    for m in mitigation_order(d["m_name"]):
+    order = mitigation_order(d["m_name"])
+    for i, m in enumerate(order):
         dm = d[d["m_name"] == m]
-        ax.scatter(dm["spectral_radius_init"], dm["decay_factor_init"], color=pal[m], s=30, alpha=0.85,
-                   marker=style(m)[1], label=m)
+        # hollow and shrinking: mitigations that share an initialization (rnn, rnn+clipnorm) sit on the
+        # same points, each marker then rings the next
+        ax.scatter(dm["spectral_radius_init"], dm["decay_factor_init"], facecolors="none", edgecolors=pal[m],
+                   linewidths=1.3, s=90 - 60 * i / max(1, len(order) - 1), alpha=0.9, marker=style(m)[1], label=m)
         dv = dm[dm["diverged"]]
         if len(dv):
             ax.scatter(dv["spectral_radius_init"], dv["decay_factor_init"], color="k", marker="x", s=40)
