@@ -359,6 +359,25 @@ def test_claim_9_truncated_bptt():
     assert verdict(full + cell(mitigation="rnn+tbptt:5", outcome="solved", ms=1.0), 9).verdict == C.CONTRADICTED
 
 
+def test_claim_9_judges_cost_only_where_truncation_cuts_the_backward():
+    """With a loss on every step (copy's readout 'all') every step is backpropagated anyway: such pairs
+    are shown, not judged; the cost verdict comes from tasks with the loss on the last step."""
+    copy_full = cell(task="copy", length=20, mitigation="rnn", outcome="solved", ms=2.0)
+    copy_cut = cell(task="copy", length=20, mitigation="rnn+tbptt:5", ms=1.0)
+    c = verdict(copy_full + copy_cut, 9)
+    assert c.verdict == C.INCONCLUSIVE  # learning supported, but no judged cost: not the whole claim
+    assert "cost inconclusive: no pair with the loss on the last step only" in c.reason
+    assert "with a loss on every step (shown, not judged) 0.5 [95% CI 0.5, 0.5] over 5 pairs" in c.reason
+    # adding pairs cheaper, copy pairs dearer: the verdict follows the adding pairs, copy's are shown
+    add_full = cell(mitigation="rnn", outcome="solved", ms=2.0)
+    add_cut = cell(mitigation="rnn+tbptt:5", ms=1.0)
+    dear = cell(task="copy", length=20, mitigation="rnn+tbptt:5", ms=3.0)
+    c = verdict(add_full + add_cut + copy_full + dear, 9)
+    assert c.verdict == C.SUPPORTED
+    assert "loss on the last step: step time ratio truncated/untruncated 0.5" in c.reason
+    assert "(shown, not judged) 1.5" in c.reason
+
+
 def test_claim_10_gru_vs_lstm_step_time():
     lstm = cell(mitigation="lstm", ms=2.0)
     assert verdict(lstm + cell(mitigation="gru", ms=1.5), 10).verdict == C.SUPPORTED

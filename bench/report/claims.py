@@ -507,12 +507,16 @@ def claim_8(df) -> Claim:
 def claim_9(df) -> Claim:
     c = Claim(9, "Truncated BPTT is cheaper per step but cannot learn dependencies longer than its truncation",
               f"Runs with tbptt:k vs the same recipe without it, same cells. Cost: bootstrap 95% interval of the "
-              f"median log(step time ratio), paired by (task, length, seed); cheaper if the upper end < 0. "
-              f"Learning: in cells whose shortest dependency exceeds k, contradicted if any truncated run "
-              f"solved; supported if none did and the untruncated model did significantly better (Fisher, "
-              f"one-sided, α = {ALPHA}). Caveat: here truncation detaches the state every k steps inside one "
-              f"full-length forward/backward per update, so the backward still covers every step; the classic "
-              f"saving (a k-step backward window per update) is not what is timed.", figures=["step_time"])
+              f"median log(step time ratio), paired by (task, length, seed); cheaper if the upper end < 0, judged "
+              f"on tasks with the loss on the last step only. Learning: in cells whose shortest dependency "
+              f"exceeds k, contradicted if any truncated run solved; supported if none did and the untruncated "
+              f"model did significantly better (Fisher, one-sided, α = {ALPHA}). How truncation runs here: one "
+              f"update per sequence, the state detached every k steps counted from the end. With the loss on "
+              f"the last step only (readout 'last', e.g. adding) the steps before the last chunk run without "
+              f"autograd and the backward covers k steps: the saving the claim is about. With a loss on every "
+              f"step (readout 'all', e.g. copy) every step is still backpropagated once, each gradient path at "
+              f"most k steps long -- the same backward work as untruncated -- so those pairs are shown, not "
+              f"judged.", figures=["step_time"])
     C = chosen(df)
     tb = C[C["m_tbptt"].notna()].copy()
     if tb.empty:
@@ -524,8 +528,10 @@ def claim_9(df) -> Claim:
     if pairs.empty:
         c.reason = NOT_MEASURED + " (no truncated run has an untruncated counterpart)"
         return c
+    last = pairs["t_readout"] == "last" if "t_readout" in pairs else pd.Series(True, index=pairs.index)
     lr = np.log(pairs["ms_step"] / pairs["ms_step_full"])
-    m, lo, hi = boot_median(lr, _rng(9))
+    judged = lr[last.to_numpy(dtype=bool)]
+    m, lo, hi = boot_median(judged, _rng(9)) if len(judged) else (np.nan, np.nan, np.nan)
     long = pairs[pairs["t_min_dependency"] > pairs["m_tbptt"]]
     st, nt = int(long["solved"].sum()), len(long)
     sf, nf = int(long["solved_full"].sum()), len(long)
@@ -538,13 +544,23 @@ def claim_9(df) -> Claim:
                      "solved untruncated": frac(g["solved_full"].sum(), len(g)),
                      "ms/step truncated": g["ms_step"].median(), "ms/step untruncated": g["ms_step_full"].median()})
     c.evidence = pd.DataFrame(rows)
-    cost = (f"step time ratio truncated/untruncated {np.exp(m):.3g} [95% CI {np.exp(lo):.3g}, {np.exp(hi):.3g}] "
-            f"over {len(pairs)} pairs") if np.isfinite(m) else "no step times"
+    cost = (f"loss on the last step: step time ratio truncated/untruncated {np.exp(m):.3g} [95% CI "
+            f"{np.exp(lo):.3g}, {np.exp(hi):.3g}] over {len(judged)} pairs" if np.isfinite(m) else
+            "no pair with the loss on the last step only (truncation saves no backward work when every step "
+            "has a loss)" if not len(judged) else "no step times")
+    shown = lr[~last.to_numpy(dtype=bool)]
+    other = ""
+    if len(shown) and np.isfinite(shown).any():
+        m2, lo2, hi2 = boot_median(shown, _rng(9))
+        other = (f"; with a loss on every step (shown, not judged) {np.exp(m2):.3g} [95% CI {np.exp(lo2):.3g}, "
+                 f"{np.exp(hi2):.3g}] over {len(shown)} pairs")
     learn = f"dependency > k: truncated {frac(st, nt)}, untruncated {frac(sf, nf)} solved, {fp(p)}"
     cheaper, dearer = np.isfinite(hi) and hi < 0, np.isfinite(lo) and lo > 0
     if len(pairs) < MIN_RUNS:
         c.reason = f"fewer than {MIN_RUNS} paired runs ({cost})"
         return c
+    if len(judged) < MIN_RUNS:
+        cheaper = dearer = False
     if nt == 0:
         learn_v, learn = INCONCLUSIVE, "no cell with a dependency longer than k"
     elif st > 0:
@@ -557,7 +573,9 @@ def claim_9(df) -> Claim:
     else:
         learn_v, learn = INCONCLUSIVE, learn + f": not significant at α = {ALPHA}"
     cost_v = SUPPORTED if cheaper else CONTRADICTED if dearer else INCONCLUSIVE
-    reason = (f"cost {cost_v}: {cost} ({'cheaper' if cheaper else 'dearer' if dearer else 'no clear difference'}); "
+    verdict_words = ("cheaper" if cheaper else "dearer" if dearer else "no clear difference" if len(judged) >= MIN_RUNS
+                     else f"fewer than {MIN_RUNS} such pairs")
+    reason = (f"cost {cost_v}: {cost} ({verdict_words}){other}; "
               f"learning {learn_v}: {learn}")
     if cost_v == SUPPORTED and learn_v == SUPPORTED:
         c.verdict = SUPPORTED
