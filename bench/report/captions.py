@@ -41,6 +41,6 @@ CAPTIONS = {
     "step_time": "Median milliseconds per training step against sequence length (log–log); the slope is the "
                  "scaling exponent (table below).",
     "radius_decay": "Per-step gradient factor at init against the measured spectral radius of W_hh at init, "
-                    "single-matrix tanh RNNs (radius:r modifier, default and orthogonal init); hollow markers, since " \
+                    "single-matrix tanh RNNs (radius:r modifier, default and orthogonal init); hollow markers, since "
                     "mitigations with the same initialization overlap; × = diverged run.",
 }

@@ -575,7 +575,7 @@ def claim_9(df) -> Claim:
     cost_v = SUPPORTED if cheaper else CONTRADICTED if dearer else INCONCLUSIVE
     verdict_words = ("cheaper" if cheaper else "dearer" if dearer else "no clear difference" if len(judged) >= MIN_RUNS
                      else f"fewer than {MIN_RUNS} such pairs")
-    reason = (f"cost {cost_v}: {cost} ({verdict_words}){other}; "
+    reason = (f"cost {cost_v}: {cost}{f' ({verdict_words})' if len(judged) else ''}{other}; "
               f"learning {learn_v}: {learn}")
     if cost_v == SUPPORTED and learn_v == SUPPORTED:
         c.verdict = SUPPORTED
