@@ -152,8 +152,8 @@ def fig_success_vs_length(df, summary, pal):
             y = dm["success_rate"]
             ls, mk = style(m)
             eb = ax.errorbar(x, y, yerr=[(y - dm["success_lo"]).clip(lower=0), (dm["success_hi"] - y).clip(lower=0)],
-                             marker=mk, ms=4, lw=1.4, ls=ls, elinewidth=0.8, capsize=0, color=pal[m], label=m)
-            eb[-1][0].set_alpha(0.55)
+                             marker=mk, ms=4, lw=1.4, ls=ls, elinewidth=0.7, capsize=0, color=pal[m], label=m)
+            eb[-1][0].set_alpha(0.3)  # intervals faint: 13 mitigations x 3 seeds give wide, overlapping ones
         ax.set_title(t)
         ax.set_xlabel("length")
         ax.set_ylim(-0.05, 1.05)
