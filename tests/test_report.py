@@ -458,3 +458,38 @@ def test_a_task_nobody_solved_names_who_came_closest_from_the_losses():
     D = frame(recs)
     text = " ".join(summary_sentences(D, summarize(D), dict(counts, solved=3), []))
     assert "Closest at" not in text and "copy at length 10: solved in most seeds by gru (3/3)" in text
+
+
+# -- the exact tests stratified by cell ---------------------------------------------------------------
+def test_exact_greater_is_fishers_test_within_one_cell():
+    from scipy import stats
+
+    for s1, n1, s2, n2 in [(3, 3, 0, 3), (5, 5, 0, 5), (2, 5, 1, 4), (0, 3, 3, 3), (4, 6, 4, 6), (1, 1, 0, 9)]:
+        fisher = stats.fisher_exact([[s1, n1 - s1], [s2, n2 - s2]], alternative="greater")[1]
+        assert C.exact_greater([(s1, n1, s2, n2)]) == pytest.approx(fisher, abs=1e-12)
+
+
+def test_exact_greater_compares_within_cells_not_on_pooled_counts():
+    # 3/3 vs 0/3 in one cell, 0/3 vs 0/3 in a cell nobody solves: the hopeless cell adds nothing
+    assert C.exact_greater([(3, 3, 0, 3), (0, 3, 0, 3)]) == pytest.approx(0.05)
+    assert C.fisher_pooled_for_reference(3, 6, 0, 6) == pytest.approx(20 / 220)  # pooled: diluted to 0.091
+    # two informative cells multiply the evidence: 0.05 x 0.05
+    assert C.exact_greater([(3, 3, 0, 3), (3, 3, 0, 3)]) == pytest.approx(0.0025)
+    # Simpson-like: arm 1 better within each cell but worse pooled (it ran mostly the hard cell): pooled
+    # counts call arm 2 significantly better; within cells arm 2 is never better (p = 1)
+    st = [(3, 3, 20, 30), (9, 30, 0, 3)]  # easy cell 100% vs 67%, hard cell 30% vs 0%; pooled 36% vs 61%
+    assert C.fisher_pooled_for_reference(20, 33, 12, 33) < C.ALPHA
+    better_1, better_2 = C.exact_both(st)
+    assert better_2 == pytest.approx(1.0) and better_1 < 0.5
+    # cells with an empty arm carry nothing; none at all: nan
+    assert C.exact_greater([(3, 3, 0, 3), (2, 2, 0, 0)]) == pytest.approx(0.05)
+    assert math.isnan(C.exact_greater([(2, 2, 0, 0)])) and math.isnan(C.exact_greater([]))
+
+
+def test_claim_4_compares_the_arms_task_by_task():
+    recs = (cell(n=3, mitigation="gru", outcome="solved") + cell(n=3, mitigation="rnn", outcome="unsolved")
+            + cell(n=3, task="copy", length=10, mitigation="gru", outcome="unsolved")
+            + cell(n=3, task="copy", length=10, mitigation="rnn", outcome="unsolved"))
+    c = verdict(recs, 4)
+    assert "gru 3/6 vs rnn 0/6, p = 0.05" in c.reason  # pooled counts shown; the p-value from the adding cell
+    assert c.verdict == C.INCONCLUSIVE  # 3 seeds: 0.05 is the smallest p a 3-vs-3 cell can give

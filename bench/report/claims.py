@@ -18,7 +18,7 @@ SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusi
 NOT_MEASURED = "not measured in this sweep"
 
 # -- verdict thresholds (printed in the report) ---------------------------------------------------
-ALPHA = 0.05  # one-sided significance level of Fisher's exact / sign tests
+ALPHA = 0.05  # one-sided significance level of the exact (Fisher's, stratified) and sign tests
 MIN_RUNS = 3  # fewer runs than this in an arm: inconclusive
 N_BOOT = 2000  # bootstrap resamples
 BOOT_SEED = 20240611  # numpy Generator seed (plus the claim number): reproducible intervals
@@ -31,7 +31,7 @@ LSTM_LIKE_MARGIN = 0.2  # claim 6: IRNN success rate within this of the LSTM's (
 MAJORITY = 0.5  # success rate at which a mitigation "solves" a cell in the summary sentences
 
 THRESHOLDS = {
-    "ALPHA": (ALPHA, "one-sided significance level (Fisher's exact test, sign test)"),
+    "ALPHA": (ALPHA, "one-sided significance level (exact tests stratified by cell, sign test)"),
     "MIN_RUNS": (MIN_RUNS, "fewest runs per compared arm; fewer gives 'inconclusive'"),
     "N_BOOT": (N_BOOT, "bootstrap resamples for 95% percentile intervals"),
     "BOOT_SEED": (BOOT_SEED, "seed of numpy.random.default_rng (+ claim number)"),
@@ -91,11 +91,51 @@ def boot_median_diff(a, b, rng) -> Tuple[float, float, float]:
     return float(np.median(a) - np.median(b)), float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))
 
 
-def fisher_greater(s1: int, n1: int, s2: int, n2: int) -> float:
-    """One-sided Fisher's exact p-value that arm 1's rate exceeds arm 2's."""
-    if n1 == 0 or n2 == 0:
+CELL = ("p_task", "p_length")  # the strata of the exact tests: one (task, length) cell each
+
+
+def exact_greater(strata) -> float:
+    """One-sided exact p-value that arm 1's success rate exceeds arm 2's, stratified: `strata` is a
+    list of (s1, n1, s2, n2), one per cell. Given each cell's margins, arm 1's successes in it are
+    hypergeometric under the null (one rate per cell for both arms); p = P(their sum >= the
+    observed sum), from the exact convolution of those laws -- the exact conditional test of a
+    common odds ratio of 1. One cell: Fisher's exact test. Cells differ in difficulty (a length
+    nobody solves, one everybody solves), so arms are compared within each cell, never on counts
+    pooled across cells, where those would dilute or, Simpson-like, reverse the difference. Cells
+    with an empty arm carry no information and are left out; none left: nan."""
+    dist, observed, used = np.ones(1), 0, 0
+    for s1, n1, s2, n2 in strata:
+        s1, n1, s2, n2 = int(s1), int(n1), int(s2), int(n2)
+        if n1 == 0 or n2 == 0:
+            continue
+        k = s1 + s2
+        lo, hi = max(0, k - n2), min(n1, k)
+        law = np.zeros(hi + 1)
+        law[lo:] = stats.hypergeom.pmf(np.arange(lo, hi + 1), n1 + n2, k, n1)
+        dist, observed, used = np.convolve(dist, law), observed + s1, used + 1
+    if not used:
         return float("nan")
+    return float(min(1.0, dist[observed:].sum()))  # one-sided: the observed sum and every larger one
+
+
+def fisher_pooled_for_reference(s1: int, n1: int, s2: int, n2: int) -> float:
+    """Fisher's one-sided p on counts pooled over cells -- what exact_greater replaces; kept for the
+    tests that show the difference, not used by any claim."""
     return float(stats.fisher_exact([[s1, n1 - s1], [s2, n2 - s2]], alternative="greater")[1])
+
+
+def exact_both(st) -> Tuple[float, float]:
+    """exact_greater of `st` both ways: (arm 1 better, arm 2 better)."""
+    return exact_greater(st), exact_greater([(s2, n2, s1, n1) for s1, n1, s2, n2 in st])
+
+
+def strata(a: pd.DataFrame, b: pd.DataFrame, col_a: str = "solved", col_b: str = "solved",
+           by=CELL) -> List[Tuple[int, int, int, int]]:
+    """(successes, runs) of arm a and of arm b per cell (`by`) measured for both."""
+    ga = a.groupby(list(by))[col_a].agg(["sum", "count"]).add_suffix("_a")
+    gb = b.groupby(list(by))[col_b].agg(["sum", "count"]).add_suffix("_b")
+    both = ga.join(gb, how="inner")
+    return [(r.sum_a, r.count_a, r.sum_b, r.count_b) for r in both.itertuples()]
 
 
 def fp(p: float) -> str:
@@ -288,8 +328,9 @@ def claim_3(df) -> Claim:
 
 def claim_4(df) -> Claim:
     c = Claim(4, "LSTM and GRU solve long-dependency tasks that a tanh RNN cannot",
-              f"Success counts at the longest length per task measured for both the arm and 'rnn', pooled over "
-              f"tasks; Fisher's exact test, one-sided (arm > rnn), α = {ALPHA}, for 'lstm' and 'gru' separately. "
+              f"Success counts at the longest length per task measured for both the arm and 'rnn'; exact test "
+              f"stratified by task (Fisher's exact test within each, combined exactly), one-sided (arm > rnn), "
+              f"α = {ALPHA}, for 'lstm' and 'gru' separately. "
               f"Supported if every measured arm is significant; contradicted if the RNN is significantly better.",
               figures=["success_vs_length", "success_heatmap"])
     C = chosen(df)
@@ -303,7 +344,7 @@ def claim_4(df) -> Claim:
         cells_all += cells
         aa, rr = in_cells(a, cells), in_cells(rnn, cells)
         sa, na, sr, nr = int(aa["solved"].sum()), len(aa), int(rr["solved"].sum()), len(rr)
-        results.append((arm, sa, na, sr, nr, fisher_greater(sa, na, sr, nr), fisher_greater(sr, nr, sa, na)))
+        results.append((arm, sa, na, sr, nr, *exact_both(strata(aa, rr))))
         t = _success_table({arm: a, "rnn": rnn}, cells)
         t.insert(2, "arm", arm)
         tables.append(t.rename(columns={f"{arm} solved": "arm solved"}))
@@ -334,8 +375,9 @@ def claim_4(df) -> Claim:
 def claim_5(df) -> Claim:
     c = Claim(5, "Gradient clipping prevents divergence from exploding gradients",
               f"Every run with clipnorm or clipvalue is paired with its recipe without clipping at the same task, "
-              f"length, optimizer and learning rate (all lrs). Divergence counts pooled; Fisher's exact test, "
-              f"one-sided (unclipped diverges more), α = {ALPHA}. Inconclusive when nothing diverged unclipped.",
+              f"length, optimizer and learning rate (all lrs). Exact test on divergence counts stratified by (task, "
+              f"length, optimizer, lr, recipe) (Fisher's within each, combined exactly), one-sided (unclipped "
+              f"diverges more), α = {ALPHA}. Inconclusive when nothing diverged unclipped.",
               figures=["grad_norms"])
     T = trained(df)
     clip = T[T["m_clipnorm"].notna() | T["m_clipvalue"].notna()].copy()
@@ -367,7 +409,11 @@ def claim_5(df) -> Claim:
     cl = pd.concat(d_cl).drop_duplicates("record_path")
     un = pd.concat(d_un).drop_duplicates("record_path")
     d1, n1, d0, n0 = int(cl["diverged"].sum()), len(cl), int(un["diverged"].sum()), len(un)
-    p = fisher_greater(d0, n0, d1, n1)
+    # one stratum per unclipped recipe and setting: all its clipped variants against it, each run once
+    cl = cl.assign(_recipe=[strip_modifiers(n, ("clipnorm", "clipvalue")) for n in cl["m_name"]])
+    un = un.assign(_recipe=un["m_name"])
+    p = exact_greater(strata(un, cl, "diverged", "diverged", by=("p_task", "p_length", "optimizer_used", "lr_used",
+                                                                 "_recipe")))
     nums = f"diverged: unclipped {frac(d0, n0)}, clipped {frac(d1, n1)}; {fp(p)}"
     if n0 < MIN_RUNS or n1 < MIN_RUNS:
         c.reason = f"fewer than {MIN_RUNS} runs ({nums})"
@@ -384,9 +430,10 @@ def claim_5(df) -> Claim:
 
 def claim_6(df) -> Claim:
     c = Claim(6, "ReLU with identity init (IRNN) reaches LSTM-like results on the adding problem",
-              f"IRNN runs (recipe irnn, with or without clipping) vs 'lstm' on adding, pooled over the lengths "
+              f"IRNN runs (recipe irnn, with or without clipping) vs 'lstm' on adding, at the lengths "
               f"measured for both. Supported if the IRNN's success rate ≥ the LSTM's − {LSTM_LIKE_MARGIN} and "
-              f"Fisher's exact test (one-sided, LSTM > IRNN) is not significant at α = {ALPHA}; contradicted if it is.",
+              f"the exact test stratified by length (Fisher's within each, combined exactly; one-sided, LSTM > "
+              f"IRNN) is not significant at α = {ALPHA}; contradicted if it is.",
               figures=["success_heatmap", "time_to_solve"])
     C = chosen(df)
     C = C[C["p_task"] == "adding"]
@@ -401,7 +448,7 @@ def claim_6(df) -> Claim:
     t["lstm median steps to solve"] = [lstm[(lstm["p_length"] == L)]["steps_to_solve"].median() for L in t["length"]]
     c.evidence = t
     si, ni, sl, nl = int(irnn["solved"].sum()), len(irnn), int(lstm["solved"].sum()), len(lstm)
-    p = fisher_greater(sl, nl, si, ni)
+    p = exact_greater(strata(lstm, irnn))
     nums = f"irnn {frac(si, ni)} vs lstm {frac(sl, nl)} solved; {fp(p)} (LSTM better)"
     if ni < MIN_RUNS or nl < MIN_RUNS:
         c.reason = f"fewer than {MIN_RUNS} runs ({nums})"
@@ -418,8 +465,9 @@ def claim_6(df) -> Claim:
 
 def claim_7(df) -> Claim:
     c = Claim(7, "Orthogonal initialization lets a tanh RNN learn longer dependencies",
-              f"'rnn_orth' vs 'rnn' success counts pooled over the (task, length) cells measured for both; "
-              f"Fisher's exact test, one-sided, α = {ALPHA}. Supported if rnn_orth is significantly better, "
+              f"'rnn_orth' vs 'rnn' success counts in the (task, length) cells measured for both; exact test "
+              f"stratified by cell (Fisher's within each, combined exactly), one-sided, α = {ALPHA}. Supported "
+              f"if rnn_orth is significantly better, "
               f"contradicted if rnn is.", figures=["success_vs_length", "decay_vs_length"])
     C = chosen(df)
     o, r = C[C["m_name"] == "rnn_orth"], C[C["m_name"] == "rnn"]
@@ -433,7 +481,7 @@ def claim_7(df) -> Claim:
     t["rnn factor init"] = [r[(r["p_task"] == a) & (r["p_length"] == b)]["decay_factor_init"].median() for a, b in cells]
     c.evidence = t
     so, no, sr, nr = int(o["solved"].sum()), len(o), int(r["solved"].sum()), len(r)
-    p, prev = fisher_greater(so, no, sr, nr), fisher_greater(sr, nr, so, no)
+    p, prev = exact_both(strata(o, r))
     nums = f"rnn_orth {frac(so, no)} vs rnn {frac(sr, nr)} solved; {fp(p)}"
     if no < MIN_RUNS or nr < MIN_RUNS:
         c.reason = f"fewer than {MIN_RUNS} runs ({nums})"
@@ -457,7 +505,8 @@ def claim_8(df) -> Claim:
     c = Claim(8, "Batch normalization and layer normalization help against vanishing gradients",
               f"Each normalized recipe vs its un-normalized counterpart on cells measured for both: bootstrap 95% "
               f"interval of the difference of median decay rates (−ln factor, at init; plain − normalized), and "
-              f"Fisher's exact test (one-sided, α = {ALPHA}) on success counts. A pair helps if the interval is "
+              f"an exact test on success counts stratified by cell (Fisher's within each, combined exactly; "
+              f"one-sided, α = {ALPHA}). A pair helps if the interval is "
               f"above 0 or success is significantly higher; hurts on the reverse. Supported if every measured pair "
               f"helps, contradicted if every measured pair hurts.", figures=["decay_vs_length", "success_heatmap"])
     C = chosen(df)
@@ -472,7 +521,7 @@ def claim_8(df) -> Claim:
         ra, rb = -a["decay_slope_init"], -b["decay_slope_init"]
         d, lo, hi = boot_median_diff(rb, ra, rng)
         sa, na, sb, nb = int(a["solved"].sum()), len(a), int(b["solved"].sum()), len(b)
-        p, prev = fisher_greater(sa, na, sb, nb), fisher_greater(sb, nb, sa, na)
+        p, prev = exact_both(strata(a, b))
         if na < MIN_RUNS or nb < MIN_RUNS:
             v = "too few runs"
         else:
@@ -487,7 +536,7 @@ def claim_8(df) -> Claim:
                      "factor end normalized": a["decay_factor_end"].median(),
                      "rate difference [95% CI]": fci(d, lo, hi) if np.isfinite(d) else "n/a",
                      "solved normalized": frac(sa, na), "solved plain": frac(sb, nb),
-                     "Fisher p (normalized better)": p, "pair": v})
+                     "exact p (normalized better)": p, "pair": v})
     if not rows:
         return c
     c.evidence = pd.DataFrame(rows)
@@ -510,7 +559,8 @@ def claim_9(df) -> Claim:
               f"median log(step time ratio), paired by (task, length, seed); cheaper if the upper end < 0, judged "
               f"on tasks with the loss on the last step only. Learning: in cells whose shortest dependency "
               f"exceeds k, contradicted if any truncated run solved; supported if none did and the untruncated "
-              f"model did significantly better (Fisher, one-sided, α = {ALPHA}). How truncation runs here: one "
+              f"model did significantly better (exact test stratified by cell, one-sided, α = {ALPHA}). How "
+              f"truncation runs here: one "
               f"update per sequence, the state detached every k steps counted from the end. With the loss on "
               f"the last step only (readout 'last', e.g. adding) the steps before the last chunk run without "
               f"autograd and the backward covers k steps: the saving the claim is about. With a loss on every "
@@ -535,7 +585,7 @@ def claim_9(df) -> Claim:
     long = pairs[pairs["t_min_dependency"] > pairs["m_tbptt"]]
     st, nt = int(long["solved"].sum()), len(long)
     sf, nf = int(long["solved_full"].sum()), len(long)
-    p = fisher_greater(sf, nf, st, nt)
+    p = exact_greater(strata(long, long, "solved_full", "solved"))
     rows = []
     for (t, L, name, base), g in pairs.groupby(["p_task", "p_length", "m_name", "_base"]):
         rows.append({"task": t, "length": int(L), "truncated": name, "untruncated": base,
