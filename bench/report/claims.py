@@ -118,12 +118,6 @@ def exact_greater(strata) -> float:
     return float(min(1.0, dist[observed:].sum()))  # one-sided: the observed sum and every larger one
 
 
-def fisher_pooled_for_reference(s1: int, n1: int, s2: int, n2: int) -> float:
-    """Fisher's one-sided p on counts pooled over cells -- what exact_greater replaces; kept for the
-    tests that show the difference, not used by any claim."""
-    return float(stats.fisher_exact([[s1, n1 - s1], [s2, n2 - s2]], alternative="greater")[1])
-
-
 def exact_both(st) -> Tuple[float, float]:
     """exact_greater of `st` both ways: (arm 1 better, arm 2 better)."""
     return exact_greater(st), exact_greater([(s2, n2, s1, n1) for s1, n1, s2, n2 in st])
@@ -560,8 +554,8 @@ def claim_9(df) -> Claim:
               f"on tasks with the loss on the last step only. Learning: in cells whose shortest dependency "
               f"exceeds k, contradicted if any truncated run solved; supported if none did and the untruncated "
               f"model did significantly better (exact test stratified by cell, one-sided, α = {ALPHA}). How "
-              f"truncation runs here: one "
-              f"update per sequence, the state detached every k steps counted from the end. With the loss on "
+              f"truncation runs here: one update per sequence, the state detached every k steps counted from "
+              f"the end. With the loss on "
               f"the last step only (readout 'last', e.g. adding) the steps before the last chunk run without "
               f"autograd and the backward covers k steps: the saving the claim is about. With a loss on every "
               f"step (readout 'all', e.g. copy) every step is still backpropagated once, each gradient path at "
@@ -578,9 +572,9 @@ def claim_9(df) -> Claim:
     if pairs.empty:
         c.reason = NOT_MEASURED + " (no truncated run has an untruncated counterpart)"
         return c
-    last = pairs["t_readout"] == "last" if "t_readout" in pairs else pd.Series(True, index=pairs.index)
+    last = (pairs["t_readout"] == "last").to_numpy(bool) if "t_readout" in pairs else np.ones(len(pairs), bool)
     lr = np.log(pairs["ms_step"] / pairs["ms_step_full"])
-    judged = lr[last.to_numpy(dtype=bool)]
+    judged, shown = lr[last], lr[~last]
     m, lo, hi = boot_median(judged, _rng(9)) if len(judged) else (np.nan, np.nan, np.nan)
     long = pairs[pairs["t_min_dependency"] > pairs["m_tbptt"]]
     st, nt = int(long["solved"].sum()), len(long)
@@ -598,19 +592,17 @@ def claim_9(df) -> Claim:
             f"{np.exp(lo):.3g}, {np.exp(hi):.3g}] over {len(judged)} pairs" if np.isfinite(m) else
             "no pair with the loss on the last step only (truncation saves no backward work when every step "
             "has a loss)" if not len(judged) else "no step times")
-    shown = lr[~last.to_numpy(dtype=bool)]
     other = ""
     if len(shown) and np.isfinite(shown).any():
         m2, lo2, hi2 = boot_median(shown, _rng(9))
         other = (f"; with a loss on every step (shown, not judged) {np.exp(m2):.3g} [95% CI {np.exp(lo2):.3g}, "
                  f"{np.exp(hi2):.3g}] over {len(shown)} pairs")
     learn = f"dependency > k: truncated {frac(st, nt)}, untruncated {frac(sf, nf)} solved, {fp(p)}"
-    cheaper, dearer = np.isfinite(hi) and hi < 0, np.isfinite(lo) and lo > 0
+    enough = len(judged) >= MIN_RUNS
+    cheaper, dearer = enough and np.isfinite(hi) and hi < 0, enough and np.isfinite(lo) and lo > 0
     if len(pairs) < MIN_RUNS:
         c.reason = f"fewer than {MIN_RUNS} paired runs ({cost})"
         return c
-    if len(judged) < MIN_RUNS:
-        cheaper = dearer = False
     if nt == 0:
         learn_v, learn = INCONCLUSIVE, "no cell with a dependency longer than k"
     elif st > 0:
@@ -623,7 +615,7 @@ def claim_9(df) -> Claim:
     else:
         learn_v, learn = INCONCLUSIVE, learn + f": not significant at α = {ALPHA}"
     cost_v = SUPPORTED if cheaper else CONTRADICTED if dearer else INCONCLUSIVE
-    verdict_words = ("cheaper" if cheaper else "dearer" if dearer else "no clear difference" if len(judged) >= MIN_RUNS
+    verdict_words = ("cheaper" if cheaper else "dearer" if dearer else "no clear difference" if enough
                      else f"fewer than {MIN_RUNS} such pairs")
     reason = (f"cost {cost_v}: {cost}{f' ({verdict_words})' if len(judged) else ''}{other}; "
               f"learning {learn_v}: {learn}")

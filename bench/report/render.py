@@ -117,11 +117,11 @@ def _closest(st: pd.DataFrame) -> str:
     """For a task no mitigation solved: which came closest at its shortest length, by the median
     held-out loss over the baseline (a model that learnt nothing scores about 1); '' if unknown."""
     L = st["length"].min()
-    at = st[(st["length"] == L)].dropna(subset=["median_loss_ratio"]).sort_values("median_loss_ratio")
+    at = st[st["length"] == L].dropna(subset=["median_loss_ratio"]).nsmallest(3, "median_loss_ratio")
     if at.empty:
         return ""
-    parts = ", ".join(f"{m} {r:.2f}" for m, r in zip(at["mitigation"][:3], at["median_loss_ratio"][:3]))
-    return (f" Closest at length {int(L)}, by median held-out loss / baseline (1 = learnt nothing): {parts}.")
+    parts = ", ".join(f"{m} {r:.2f}" for m, r in zip(at["mitigation"], at["median_loss_ratio"]))
+    return f" Closest at length {int(L)}, by median held-out loss / baseline (1 = learnt nothing): {parts}."
 
 
 def summary_sentences(D: pd.DataFrame, summary: pd.DataFrame, counts: Dict, claims) -> List[str]:
