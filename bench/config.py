@@ -113,8 +113,26 @@ def _maybe(name: str, valid: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _glued_hint(e) -> str:
+    """A value missing under a key with a colon in it: YAML reads `{rnn:adam}` (no space after the
+    colon) as one key 'rnn:adam' with no value -- say so, with the spelling meant."""
+    key = e.absolute_path[-1] if e.absolute_path else None
+    if e.instance not in (None, "") or not isinstance(key, str) or ":" not in key:
+        return ""
+    k, v = key.rsplit(":", 1)
+    if e.validator == "type" and "array" in ([e.validator_value] if isinstance(e.validator_value, str)
+                                             else e.validator_value):
+        v = f"[{v}]"
+    return (f" (YAML read {key!r} as one key with no value: a space after the colon makes it a key and "
+            f"its value, {{{k}: {v}}})")
+
+
 def _schema_message(e) -> str:
     """One line for a jsonschema ValidationError: where, what, and the valid choices."""
+    return _schema_line(e) + _glued_hint(e)
+
+
+def _schema_line(e) -> str:
     where = _where(e.absolute_path)
     key = f"config key {where!r}" if where else "config"
     v, inst = e.validator_value, e.instance

@@ -154,6 +154,14 @@ BAD = [
     bad("optimizer-list", ["'optimizer.lstm'", "expected text"], optimizer={"lstm": ["adam"]}),
     bad("optimizer-key", ["'optimizer'", "'gru' is not one of the mitigations"], optimizer={"gru": "sgd"}),
     bad("optimizer-string", ["'optimizer'", "expected a mapping"], optimizer="sgd"),
+    # `--config 'optimizer={rnn:adam}'`: no space after the colon, YAML reads one key and no value
+    # (Snakemake's --config hands over '', a config file null); the message shows the spelling meant
+    bad("optimizer-glued", ["'optimizer.rnn:adam'", "one key with no value", "{rnn: adam}"],
+        optimizer={"rnn:adam": ""}),
+    bad("optimizer-glued-null", ["'optimizer.rnn+clipnorm:1:sgd'", "{rnn+clipnorm:1: sgd}"],
+        optimizer={"rnn+clipnorm:1:sgd": None}),
+    bad("lr-glued", ["'lr.rnn:0.01'", "one key with no value", "{rnn: [0.01]}"], lr={"rnn:0.01": ""}),
+    bad("lengths-glued", ["'tasks.adding:25'", "{adding: [25]}"], tasks={"adding:25": None}),
 ]
 
 
