@@ -264,6 +264,26 @@ def test_defaults_fill_in_and_names_become_canonical():
     assert "--lr" not in sweep.train_flags("gru", DEFAULT_LR)
 
 
+def test_job_cost_ranks_the_default_sweeps_lstm_jobs_first_and_grows_with_the_work():
+    """The train jobs' priority (dearest first): every LSTM job of the default sweep above every
+    RNN / GRU job -- on 2 cores they took 1.6-1.9x a tanh RNN job's time; a job of one cell costs
+    its share of its mitigation's job; the cost is proportional to seeds and budget and grows
+    with the length."""
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    sweep = validate(cfg, SCHEMA)
+    cost = {w["mitigation"]: sweep.job_cost(w) for w, _ in sweep.jobs()}
+    lstm = {m for m in cost if "lstm" in m}
+    assert len(lstm) == 4 and min(cost[m] for m in lstm) > max(c for m, c in cost.items() if m not in lstm)
+    assert cost["gru"] > cost["rnn"] and cost["bn_rnn"] > cost["rnn"]
+    per_cell = validate({**cfg, "job_grouping": "cell"}, SCHEMA)
+    cells = [w for w, _ in per_cell.jobs() if w["mitigation"] == "lstm"]
+    assert sum(per_cell.job_cost(w) for w in cells) == pytest.approx(cost["lstm"])
+    by_len = {int(w["length"]): per_cell.job_cost(w) for w in cells if w["task"] == "adding"}
+    assert by_len[25] < by_len[50] < by_len[100]
+    double = validate({**cfg, "budget": 2 * cfg["budget"], "seeds": [0, 1, 2, 3, 4, 5]}, SCHEMA)
+    assert double.job_cost({"mitigation": "rnn", "lr": DEFAULT_LR}) == pytest.approx(4 * cost["rnn"])
+
+
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:3", "cuda:any"])
 def test_every_device_name_is_accepted(device):
     """Whether the device is here is checked when a run starts (a clear error record), not here:

@@ -245,6 +245,24 @@ def test_gpu_profile_and_full_config(tmp_path):
     assert train_resources and all("gpu=1" in r for r in train_resources)
 
 
+def test_the_dearest_training_jobs_start_first(tmp_path):
+    """The train rule's priority (bench.config.Sweep.job_cost): on one core the jobs run in
+    decreasing order of their rough cost -- the LSTMs before the GRU before the tanh RNN --
+    whatever the config's order, so that no long job starts last."""
+    wd = copy_workflow(tmp_path)
+    mits = ["rnn", "gru", "ln_lstm", "bn_rnn", "lstm"]
+    p = snakemake(wd, "--configfile", "config/smoke.yaml", "--cores", "1", "--config", f"mitigations=[{','.join(mits)}]",
+                  "lr={}", "optimizer={}")
+    started = re.findall(r"rule train:\n(?:    .*\n)*?    wildcards: mitigation=([^,]+),", p.stdout + p.stderr)
+    sweep = validate({**yaml.safe_load((wd / "config" / "smoke.yaml").read_text()), "mitigations": mits,
+                      "lr": {}, "optimizer": {}}, SCHEMA)
+    cost = {w["mitigation"]: sweep.job_cost(w) for w, _ in sweep.jobs()}
+    assert sorted(started) == sorted(mits)
+    assert [cost[m] for m in started] == sorted(cost.values(), reverse=True)
+    assert started.index("gru") > max(started.index("lstm"), started.index("ln_lstm"))
+    assert started[-1] == "rnn"
+
+
 def test_one_job_per_cell_gives_the_same_records(smoke, tmp_path):
     """job_grouping: cell -- one job per (task, length, mitigation, lr) -- trains the same runs to
     the same records, bit for bit (timings and provenance aside), as the default grouping."""

@@ -157,3 +157,20 @@ def check_for_task(mit: Mitigation, seq_len: int) -> None:
             f"impossible composition {mit.name!r} for a sequence of {seq_len} steps: tbptt:{k} "
             f"would never truncate; choose k < {seq_len}"
         )
+
+
+# A training step's rough cost in units of one plain tanh RNN time step (hidden 32, batch 64, on
+# the CPU): a fixed part per step (batch, loss, optimizer, bookkeeping: ~50 units) plus one
+# weight per time step by cell -- fitted loosely to the default sweep's run records (AMD EPYC,
+# 2026-12-05: ~0.7 ms a step, ~13 us a time step for the tanh RNN; the GRU ~1.3x, the LSTMs 3-4x,
+# the normalized RNNs ~1.2x). Only the ORDER of jobs rests on it (the pipeline starts the
+# dearest training jobs first, bench.config.Sweep.job_cost); nothing measured or reported does.
+STEP_FIXED_COST = 50.0
+TIMESTEP_COST = {("rnn_tanh", None): 1.0, ("rnn_relu", None): 1.0, ("gru", None): 1.3, ("lstm", None): 3.5,
+                 ("rnn_tanh", "bn"): 1.2, ("rnn_tanh", "ln"): 1.2, ("lstm", "bn"): 3.5, ("lstm", "ln"): 3.5}
+
+
+def step_cost(mit: Mitigation, seq_len: int) -> float:
+    """A training step's rough cost on sequences of `seq_len` steps (STEP_FIXED_COST's units)."""
+    r = mit.recipe
+    return STEP_FIXED_COST + TIMESTEP_COST.get((r.family, r.norm), 3.5) * seq_len

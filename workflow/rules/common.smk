@@ -101,6 +101,11 @@ def train_jobs():
     return jobs
 
 
+def train_priority(wildcards):
+    """The job's rough cost: Snakemake starts the dearest training jobs first (bench.config.Sweep.job_cost)."""
+    return SWEEP.job_cost(dict(wildcards))
+
+
 def train_flags(wildcards):
     return SWEEP.train_flags(wildcards.mitigation, wildcards.lr)
 

@@ -14,7 +14,8 @@ rule train:
     again, if the run, the code, the device and the kind of machine are the same (bench/resume.py);
     reuse_runs: false trains them again. Like device, reuse only decides how the job runs, not what
     its records hold: a resource, not a param (no rerun when it changes); so does seed_groups (a
-    cell's seeds in lockstep, bench.train.train_group: the same records, timings aside)."""
+    cell's seeds in lockstep, bench.train.train_group: the same records, timings aside). Its
+    priority is the job's rough cost (bench.config.Sweep.job_cost): the dearest jobs start first."""
     output:
         train_outputs(),
     log:
@@ -25,6 +26,7 @@ rule train:
         settings=train_flags,
         runs=runs_of_outputs,
     threads: SWEEP.threads
+    priority: train_priority
     resources:
         device=SWEEP.device,
         reuse="yes" if SWEEP.reuse_runs else "no",
