@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,6 +274,15 @@ class Sweep:
             cells = self.task_lengths()
         steps = len(self.seeds) * self.budget
         return sum(steps * step_cost(mit, make_task(t, length).seq_len) for t, length in cells)
+
+    @functools.cached_property
+    def _dearest_job(self) -> float:
+        return max(self.job_cost(w) for w, _ in self.jobs())
+
+    def job_priority(self, wildcards: Mapping[str, str]) -> float:
+        """The train job's Snakemake priority: its cost as a share of the dearest job's, 0-100
+        (small numbers for the scheduler's integer program; the full sweep's raw costs reach 1e9)."""
+        return round(100.0 * self.job_cost(wildcards) / self._dearest_job, 3)
 
     def task_lengths(self) -> List[Tuple[str, int]]:
         """Every (task, length) of the sweep, in the config's order: the cells of one

@@ -102,8 +102,8 @@ def train_jobs():
 
 
 def train_priority(wildcards):
-    """The job's rough cost: Snakemake starts the dearest training jobs first (bench.config.Sweep.job_cost)."""
-    return SWEEP.job_cost(dict(wildcards))
+    """The job's rough cost (0-100): Snakemake starts the dearest training jobs first (bench.config.Sweep.job_cost)."""
+    return SWEEP.job_priority(dict(wildcards))
 
 
 def train_flags(wildcards):
