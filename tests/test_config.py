@@ -282,6 +282,8 @@ def test_job_cost_ranks_the_default_sweeps_lstm_jobs_first_and_grows_with_the_wo
     assert by_len[25] < by_len[50] < by_len[100]
     double = validate({**cfg, "budget": 2 * cfg["budget"], "seeds": [0, 1, 2, 3, 4, 5]}, SCHEMA)
     assert double.job_cost({"mitigation": "rnn", "lr": DEFAULT_LR}) == pytest.approx(4 * cost["rnn"])
+    from bench.models.mitigations import TIMESTEP_COST
+    assert {(r.family, r.norm) for r in map(MITIGATIONS.get, MITIGATIONS.names())} <= set(TIMESTEP_COST)
     prio = {m: sweep.job_priority({"mitigation": m, "lr": DEFAULT_LR}) for m in cost}
     assert max(prio.values()) == 100 and sorted(prio, key=prio.get) == sorted(cost, key=cost.get)
 
