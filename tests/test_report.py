@@ -493,6 +493,16 @@ def test_exact_greater_compares_within_cells_not_on_pooled_counts():
     assert math.isnan(C.exact_greater([(2, 2, 0, 0)])) and math.isnan(C.exact_greater([]))
 
 
+def test_significance_is_strict_and_does_not_hinge_on_rounding():
+    """p exactly ALPHA (3 seeds against 3: 1/20) is not significant whichever way the last bit falls."""
+    p = C.exact_greater([(3, 3, 0, 3)])
+    assert p == pytest.approx(1 / 20)
+    for q in (p, C.ALPHA, 0.05000000000000001, 0.04999999999999999, 1 / 20):
+        assert not C.significant(q)
+    assert C.significant(0.0499) and C.significant(C.exact_greater([(5, 5, 0, 5)]))  # 1/252
+    assert not C.significant(float("nan")) and not C.significant(0.2)
+
+
 def test_claim_4_compares_the_arms_task_by_task():
     recs = (cell(n=3, mitigation="gru", outcome="solved") + cell(n=3, mitigation="rnn", outcome="unsolved")
             + cell(n=3, task="copy", length=10, mitigation="gru", outcome="unsolved")

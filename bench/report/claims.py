@@ -118,6 +118,13 @@ def exact_greater(strata) -> float:
     return float(min(1.0, dist[observed:].sum()))  # one-sided: the observed sum and every larger one
 
 
+def significant(p: float) -> bool:
+    """p strictly below ALPHA. A p equal to ALPHA up to floating-point rounding is not: 3 seeds
+    against 3 in one cell give exactly 1/20, computed here as 0.05000000000000001 (another scipy
+    could round it below 0.05), and a verdict must not hinge on the last bit."""
+    return bool(np.isfinite(p) and p < ALPHA * (1 - 1e-9))
+
+
 def exact_both(st) -> Tuple[float, float]:
     """exact_greater of `st` both ways: (arm 1 better, arm 2 better)."""
     return exact_greater(st), exact_greater([(s2, n2, s1, n1) for s1, n1, s2, n2 in st])
@@ -353,9 +360,9 @@ def claim_4(df) -> Claim:
     note = f" ({', '.join(missing)} {NOT_MEASURED})" if missing else ""
     if _nothing_solved(C, set(cells_all)):
         c.reason = f"budget too small: no mitigation solved the task at the longest length ({nums})"
-    elif all(p < ALPHA for *_, p, _ in results):
+    elif all(significant(p) for *_, p, _ in results):
         c.verdict, c.reason = SUPPORTED, nums + note
-    elif any(prev < ALPHA for *_, prev in results):
+    elif any(significant(prev) for *_, prev in results):
         c.verdict, c.reason = CONTRADICTED, f"{nums}: the tanh RNN does significantly better"
     elif all(sa == 0 for _, sa, *_ in results):
         c.reason = f"{nums}: the gated models do not solve the longest length either (budget or lengths)"
@@ -413,7 +420,7 @@ def claim_5(df) -> Claim:
         c.reason = f"fewer than {MIN_RUNS} runs ({nums})"
     elif d0 == 0:
         c.reason = f"nothing diverged without clipping ({nums}): no exploding gradients to prevent"
-    elif p < ALPHA:
+    elif significant(p):
         c.verdict, c.reason = SUPPORTED, nums
     elif d1 / n1 >= d0 / n0:
         c.verdict, c.reason = CONTRADICTED, f"{nums}: clipped runs diverge as often"
@@ -448,7 +455,7 @@ def claim_6(df) -> Claim:
         c.reason = f"fewer than {MIN_RUNS} runs ({nums})"
     elif sl == 0:
         c.reason = f"budget too small: the LSTM did not solve adding at the lengths measured ({nums})"
-    elif p < ALPHA:
+    elif significant(p):
         c.verdict, c.reason = CONTRADICTED, nums
     elif si / ni >= sl / nl - LSTM_LIKE_MARGIN:
         c.verdict, c.reason = SUPPORTED, nums
@@ -481,9 +488,9 @@ def claim_7(df) -> Claim:
         c.reason = f"fewer than {MIN_RUNS} runs ({nums})"
     elif _nothing_solved(C, cells):
         c.reason = f"budget too small: no mitigation solved these cells ({nums})"
-    elif p < ALPHA:
+    elif significant(p):
         c.verdict, c.reason = SUPPORTED, nums
-    elif prev < ALPHA:
+    elif significant(prev):
         c.verdict, c.reason = CONTRADICTED, f"{nums}: the default-init RNN does significantly better"
     elif so == 0 and sr == 0:
         c.reason = f"{nums}: neither solves any cell measured"
@@ -519,8 +526,8 @@ def claim_8(df) -> Claim:
         if na < MIN_RUNS or nb < MIN_RUNS:
             v = "too few runs"
         else:
-            helps = (np.isfinite(lo) and lo > 0) or p < ALPHA
-            hurts = (np.isfinite(hi) and hi < 0) or prev < ALPHA
+            helps = (np.isfinite(lo) and lo > 0) or significant(p)
+            hurts = (np.isfinite(hi) and hi < 0) or significant(prev)
             v = "mixed" if helps and hurts else "helps" if helps else "hurts" if hurts else "no clear effect"
         verdicts.append((norm, base, v))
         rows.append({"normalized": norm, "plain": base, "cells": len(cells),
@@ -610,7 +617,7 @@ def claim_9(df) -> Claim:
         learn += ": a truncated run learned a dependency longer than k"
     elif sf == 0:
         learn_v, learn = INCONCLUSIVE, learn + ": the untruncated model fails too (budget too small)"
-    elif p < ALPHA:
+    elif significant(p):
         learn_v = SUPPORTED
     else:
         learn_v, learn = INCONCLUSIVE, learn + f": not significant at α = {ALPHA}"
