@@ -256,6 +256,20 @@ class Sweep:
             for lr in self.lr_labels(m):
                 yield {"mitigation": m, "lr": lr}, [Cell(t, length, m, lr) for t, length in self.task_lengths()]
 
+    @functools.cached_property
+    def _job_costs(self) -> Dict[Tuple[Tuple[str, str], ...], float]:
+        """Every training job's rough cost, keyed by its sorted wildcards (jobs() decides which
+        cells a job trains)."""
+        from .models import parse_mitigation
+        from .models.mitigations import step_cost
+        from .tasks import make_task
+
+        steps = len(self.seeds) * self.budget
+        return {tuple(sorted(w.items())): sum(steps * step_cost(parse_mitigation(c.mitigation),
+                                                                make_task(c.task, c.length).seq_len)
+                                              for c in cells)
+                for w, cells in self.jobs()}
+
     def job_cost(self, wildcards: Mapping[str, str]) -> float:
         """A training job's rough cost (bench.models.mitigations.step_cost's units, times the steps
         of its runs): the pipeline gives it as the job's priority, so that the dearest jobs start
@@ -263,26 +277,16 @@ class Sweep:
         each on this 2-core machine (the four LSTM jobs 44-51 s); replayed on N cores in that order
         they finish in 83 s at N=6 and 70 s at N=8, where a random order takes 95 s / 77 s (median;
         up to 107 s / 83 s); at N=2-4 any order comes within a few seconds of each other."""
-        from .models import parse_mitigation
-        from .models.mitigations import step_cost
-        from .tasks import make_task
-
-        mit = parse_mitigation(wildcards["mitigation"])
-        if self.job_grouping == "cell":
-            cells = [(wildcards["task"], int(wildcards["length"]))]
-        else:
-            cells = self.task_lengths()
-        steps = len(self.seeds) * self.budget
-        return sum(steps * step_cost(mit, make_task(t, length).seq_len) for t, length in cells)
-
-    @functools.cached_property
-    def _dearest_job(self) -> float:
-        return max(self.job_cost(w) for w, _ in self.jobs())
+        return self._job_costs[tuple(sorted((k, str(v)) for k, v in wildcards.items()))]
 
     def job_priority(self, wildcards: Mapping[str, str]) -> float:
         """The train job's Snakemake priority: its cost as a share of the dearest job's, 0-100
         (small numbers for the scheduler's integer program; the full sweep's raw costs reach 1e9)."""
         return round(100.0 * self.job_cost(wildcards) / self._dearest_job, 3)
+
+    @functools.cached_property
+    def _dearest_job(self) -> float:
+        return max(self._job_costs.values())
 
     def task_lengths(self) -> List[Tuple[str, int]]:
         """Every (task, length) of the sweep, in the config's order: the cells of one
